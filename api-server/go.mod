@@ -1,0 +1,3 @@
+module spawner.dev/api-server
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module spawner.dev/apis
+
+go 1.26.0

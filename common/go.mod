@@ -1,0 +1,3 @@
+module spawner.dev/common
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module spawner.dev/controller
+
+go 1.26.0

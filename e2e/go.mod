@@ -1,0 +1,3 @@
+module spawner.dev/e2e
+
+go 1.26.0

@@ -1,0 +1,3 @@
+module spawner.dev/generated
+
+go 1.26.0

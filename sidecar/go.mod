@@ -1,0 +1,3 @@
+module spawner.dev/sidecar
+
+go 1.26.0

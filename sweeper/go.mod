@@ -1,0 +1,3 @@
+module spawner.dev/sweeper
+
+go 1.26.0
