@@ -1,0 +1,3 @@
+module spawner.dev/scripts/imagebuilder
+
+go 1.26.0
