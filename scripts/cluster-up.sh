@@ -47,8 +47,7 @@ gen_pki() {
 	ca() { # ca <name> <CN>
 		[ -f "$1.crt" ] && return 0
 		newkey "$1"
-		openssl req -x509 -new -key "$1.key" -sha256 -days 3650 -subj "/CN=$2" \
-			-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out "$1.crt" 2>/dev/null
+		openssl req -x509 -new -key "$1.key" -sha256 -days 3650 -subj "/CN=$2" -out "$1.crt" 2>/dev/null
 	}
 	cert() { # cert <name> <subject> <serverAuth|clientAuth> [subjectAltName] [ca]
 		local n=$1 subj=$2 eku=$3 san=${4:-} cca=${5:-ca}

@@ -252,7 +252,7 @@ ipt_cmds() { local c; for c in iptables ip6tables; do command -v $c >/dev/null 2
 # kubepods cgroups, sysctls and host paths. The test diffs it before `up` and after `down`.
 host_snapshot() {
 	local ipt t p s
-	ps -eo comm= | grep -E '^(containerd|containerd-shim.*|etcd|kube-.*|kubelet|k8s|pause|hello|spawner-.*)$' | sort | uniq -c | sed 's/^ */process /'
+	ps -eo comm= | grep -E '^(containerd|containerd-shim.*|etcd|kube-.*|kubelet|k8s|spawner-pause|spawner-hello)$' | sort | uniq -c | sed 's/^ */process /'
 	awk '{print "mount " $2}' /proc/self/mounts | grep -E "$CD|/run/netns|kubelet|containerd" | sort
 	ip -o link show | awk -F': ' '{sub(/@.*/,"",$2); print "link " $2}' | sort
 	ls /run/netns 2>/dev/null | sed 's/^/netns /'

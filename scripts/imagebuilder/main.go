@@ -60,6 +60,9 @@ func main() {
 	defer os.Remove(tmp.Name())
 	res, err := Build(s, tmp)
 	if err == nil {
+		err = tmp.Chmod(0o644)
+	}
+	if err == nil {
 		err = tmp.Close()
 	}
 	if err == nil {
