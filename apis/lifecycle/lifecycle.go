@@ -1,0 +1,139 @@
+// Package lifecycle is spawner's phase machine: the one place that says which
+// milestones a backend has, in what order, and what one-word phase a set of
+// milestones amounts to. Every component that records a milestone (controller,
+// sweeper, api-server) changes a condition here and recomputes the phase here.
+package lifecycle
+
+import (
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+)
+
+// Phases, in the order a healthy backend passes through them.
+const (
+	Pending     spawnerv1.BackendPhase = "Pending"
+	Scheduled   spawnerv1.BackendPhase = "Scheduled"
+	Running     spawnerv1.BackendPhase = "Running"
+	Ready       spawnerv1.BackendPhase = "Ready"
+	Swept       spawnerv1.BackendPhase = "Swept"
+	Terminating spawnerv1.BackendPhase = "Terminating"
+	Failed      spawnerv1.BackendPhase = "Failed"
+)
+
+// Condition types: the milestones. Each is written by exactly one kind of
+// component (docs/architecture.md), except Swept, which records a request to
+// end the backend and so may come from the sweeper, the api-server or the
+// controller.
+const (
+	ConditionPodCreated  = "PodCreated"
+	ConditionScheduled   = "Scheduled"
+	ConditionRunning     = "Running"
+	ConditionReady       = "Ready"
+	ConditionSwept       = "Swept"
+	ConditionTerminating = "Terminating"
+	ConditionFailed      = "Failed"
+)
+
+// Reasons. A Swept or Terminating condition's reason says why the backend
+// ends; a Failed condition's reason says what went wrong.
+const (
+	ReasonPodCreated           = "PodCreated"
+	ReasonScheduled            = "Scheduled"
+	ReasonContainersStarted    = "ContainersStarted"
+	ReasonAppListening         = "AppListening"
+	ReasonIdle                 = "Idle"
+	ReasonTerminationRequested = "TerminationRequested"
+	ReasonLifetimeExceeded     = "LifetimeExceeded"
+	ReasonImagePullFailed      = "ImagePullFailed"
+	ReasonAppExited            = "AppExited"
+	ReasonUnschedulable        = "Unschedulable"
+	ReasonStartupTimeout       = "StartupTimeout"
+	ReasonPodLost              = "PodLost"
+	ReasonInvalidSpec          = "InvalidSpec"
+)
+
+// milestones lists the phases a condition leads to, latest first: the phase
+// is the first one whose condition is true.
+var milestones = []struct {
+	condition string
+	phase     spawnerv1.BackendPhase
+}{
+	{ConditionFailed, Failed},
+	{ConditionTerminating, Terminating},
+	{ConditionSwept, Swept},
+	{ConditionReady, Ready},
+	{ConditionRunning, Running},
+	{ConditionScheduled, Scheduled},
+}
+
+// PhaseOf is the phase that the conditions amount to.
+func PhaseOf(conditions []metav1.Condition) spawnerv1.BackendPhase {
+	for _, m := range milestones {
+		if meta.IsStatusConditionTrue(conditions, m.condition) {
+			return m.phase
+		}
+	}
+	return Pending
+}
+
+// IsEnding reports whether a backend in this phase will never serve again:
+// it must not be routed to, and its key may be given a new backend.
+func IsEnding(phase spawnerv1.BackendPhase) bool {
+	return phase == Swept || phase == Terminating || phase == Failed
+}
+
+// Record sets a true condition (keeping the original transition time when it
+// was already true) and recomputes the phase. It reports whether anything
+// changed, so callers skip writes that would change nothing.
+func Record(status *spawnerv1.SessionLivedBackendStatus, conditionType, reason, message string, generation int64) bool {
+	return set(status, metav1.Condition{
+		Type: conditionType, Status: metav1.ConditionTrue, Reason: reason, Message: message, ObservedGeneration: generation,
+	})
+}
+
+// Clear sets a condition false (for milestones that can be lost, such as
+// Scheduled while a pod waits for a node) and recomputes the phase.
+func Clear(status *spawnerv1.SessionLivedBackendStatus, conditionType, reason, message string, generation int64) bool {
+	return set(status, metav1.Condition{
+		Type: conditionType, Status: metav1.ConditionFalse, Reason: reason, Message: message, ObservedGeneration: generation,
+	})
+}
+
+func set(status *spawnerv1.SessionLivedBackendStatus, c metav1.Condition) bool {
+	changed := meta.SetStatusCondition(&status.Conditions, c)
+	if phase := PhaseOf(status.Conditions); phase != status.Phase {
+		status.Phase = phase
+		changed = true
+	}
+	return changed
+}
+
+// CanRecord reports whether a milestone may still be recorded in a phase:
+// nothing is recorded after Failed, and an ending backend gains no new
+// progress (a late Ready must not revive a swept backend).
+func CanRecord(phase spawnerv1.BackendPhase, conditionType string) bool {
+	switch phase {
+	case Failed:
+		return false
+	case Swept:
+		// The application is about to be stopped; how it stops is not a failure.
+		return conditionType == ConditionTerminating
+	case Terminating:
+		// An application exiting on SIGTERM is the end we asked for, not a failure.
+		return false
+	}
+	return true
+}
+
+// TransitionTime is when a condition last became what it is now, and nil if
+// it is absent.
+func TransitionTime(conditions []metav1.Condition, conditionType string) *metav1.Time {
+	c := meta.FindStatusCondition(conditions, conditionType)
+	if c == nil {
+		return nil
+	}
+	t := c.LastTransitionTime
+	return &t
+}

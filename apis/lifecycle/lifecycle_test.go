@@ -1,0 +1,100 @@
+package lifecycle
+
+import (
+	"testing"
+
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+)
+
+func TestPhaseFollowsTheLatestTrueMilestone(t *testing.T) {
+	var status spawnerv1.SessionLivedBackendStatus
+	steps := []struct {
+		condition string
+		want      spawnerv1.BackendPhase
+	}{
+		{ConditionPodCreated, Pending},
+		{ConditionScheduled, Scheduled},
+		{ConditionRunning, Running},
+		{ConditionReady, Ready},
+		{ConditionSwept, Swept},
+		{ConditionTerminating, Terminating},
+	}
+	for _, step := range steps {
+		if !Record(&status, step.condition, "Because", "", 1) {
+			t.Fatalf("Record(%s) reported no change", step.condition)
+		}
+		if status.Phase != step.want {
+			t.Fatalf("after %s: phase %s, want %s", step.condition, status.Phase, step.want)
+		}
+	}
+}
+
+func TestFailedWinsOverEveryOtherMilestone(t *testing.T) {
+	var status spawnerv1.SessionLivedBackendStatus
+	Record(&status, ConditionReady, ReasonAppListening, "", 1)
+	Record(&status, ConditionFailed, ReasonAppExited, "exit code 1", 1)
+	if status.Phase != Failed {
+		t.Fatalf("phase %s, want Failed", status.Phase)
+	}
+}
+
+func TestRecordingTheSameMilestoneTwiceChangesNothing(t *testing.T) {
+	var status spawnerv1.SessionLivedBackendStatus
+	Record(&status, ConditionRunning, ReasonContainersStarted, "", 1)
+	first := status.Conditions[0].LastTransitionTime
+	if Record(&status, ConditionRunning, ReasonContainersStarted, "", 1) {
+		t.Error("second identical Record reported a change; callers would write for nothing")
+	}
+	if status.Conditions[0].LastTransitionTime != first {
+		t.Error("an unchanged condition lost its original transition time")
+	}
+}
+
+func TestClearedMilestoneNoLongerCounts(t *testing.T) {
+	var status spawnerv1.SessionLivedBackendStatus
+	Record(&status, ConditionScheduled, ReasonScheduled, "", 1)
+	Clear(&status, ConditionScheduled, ReasonUnschedulable, "0/1 nodes match", 1)
+	if status.Phase != Pending {
+		t.Fatalf("phase %s, want Pending", status.Phase)
+	}
+	if TransitionTime(status.Conditions, ConditionScheduled) == nil {
+		t.Error("a false condition must still be listed with its time")
+	}
+	if TransitionTime(status.Conditions, ConditionReady) != nil {
+		t.Error("TransitionTime of an absent condition must be nil")
+	}
+}
+
+func TestEndingBackendsGainNoNewProgress(t *testing.T) {
+	cases := []struct {
+		phase     spawnerv1.BackendPhase
+		condition string
+		allowed   bool
+	}{
+		{Running, ConditionReady, true},
+		{Ready, ConditionSwept, true},
+		{Swept, ConditionReady, false},
+		{Swept, ConditionTerminating, true},
+		{Swept, ConditionFailed, false},
+		{Terminating, ConditionFailed, false},
+		{Terminating, ConditionReady, false},
+		{Failed, ConditionSwept, false},
+		{Failed, ConditionReady, false},
+	}
+	for _, tc := range cases {
+		if got := CanRecord(tc.phase, tc.condition); got != tc.allowed {
+			t.Errorf("CanRecord(%s, %s) = %v, want %v", tc.phase, tc.condition, got, tc.allowed)
+		}
+	}
+}
+
+func TestOnlyEndingPhasesAreEnding(t *testing.T) {
+	for phase, want := range map[spawnerv1.BackendPhase]bool{
+		Pending: false, Scheduled: false, Running: false, Ready: false,
+		Swept: true, Terminating: true, Failed: true,
+	} {
+		if IsEnding(phase) != want {
+			t.Errorf("IsEnding(%s) = %v, want %v", phase, !want, want)
+		}
+	}
+}

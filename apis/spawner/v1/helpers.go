@@ -1,0 +1,77 @@
+package v1
+
+import (
+	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// EffectiveHTTPPort is spec.httpPort with the API server's default applied,
+// for objects that never went through the API server (tests, dry runs).
+func (s *SessionLivedBackendSpec) EffectiveHTTPPort() int32 {
+	if s.HTTPPort == 0 {
+		return DefaultHTTPPort
+	}
+	return s.HTTPPort
+}
+
+// GracePeriod is how long an idle backend is kept, with the default applied.
+func (s *SessionLivedBackendSpec) GracePeriod() time.Duration {
+	if s.GracePeriodSeconds == nil {
+		return time.Duration(DefaultGracePeriodSeconds) * time.Second
+	}
+	return time.Duration(*s.GracePeriodSeconds) * time.Second
+}
+
+// MaxLifetime is the hard lifetime limit, and false when there is none.
+func (s *SessionLivedBackendSpec) MaxLifetime() (time.Duration, bool) {
+	if s.MaxLifetimeSeconds == nil {
+		return 0, false
+	}
+	return time.Duration(*s.MaxLifetimeSeconds) * time.Second, true
+}
+
+// ValidateSpec checks what the CRD schema also checks, plus what a schema
+// cannot say (ports the sidecar needs, unique container names). Clients such
+// as the api-server call it to reject bad input before anything is created.
+func ValidateSpec(spec *SessionLivedBackendSpec, path *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if spec.HTTPPort != 0 && (spec.HTTPPort < 1 || spec.HTTPPort > 65535) {
+		errs = append(errs, field.Invalid(path.Child("httpPort"), spec.HTTPPort, "must be between 1 and 65535"))
+	}
+	port := spec.EffectiveHTTPPort()
+	if port == SidecarServePort || port == SidecarStatusPort {
+		errs = append(errs, field.Invalid(path.Child("httpPort"), port,
+			fmt.Sprintf("ports %d and %d belong to the spawner sidecar", SidecarServePort, SidecarStatusPort)))
+	}
+	if spec.GracePeriodSeconds != nil && *spec.GracePeriodSeconds < 0 {
+		errs = append(errs, field.Invalid(path.Child("gracePeriodSeconds"), *spec.GracePeriodSeconds, "must not be negative"))
+	}
+	if spec.MaxLifetimeSeconds != nil && *spec.MaxLifetimeSeconds < 0 {
+		errs = append(errs, field.Invalid(path.Child("maxLifetimeSeconds"), *spec.MaxLifetimeSeconds, "must not be negative"))
+	}
+	if len(spec.Key) > 253 {
+		errs = append(errs, field.TooLong(path.Child("key"), "", 253))
+	}
+	containers := path.Child("template", "containers")
+	if len(spec.Template.Containers) == 0 {
+		errs = append(errs, field.Required(containers, "at least one container (the application) is required"))
+	}
+	seen := map[string]bool{}
+	for i, c := range spec.Template.Containers {
+		switch {
+		case c.Name == "":
+			errs = append(errs, field.Required(containers.Index(i).Child("name"), ""))
+		case c.Name == SidecarContainerName:
+			errs = append(errs, field.Invalid(containers.Index(i).Child("name"), c.Name, "is reserved for the spawner sidecar"))
+		case seen[c.Name]:
+			errs = append(errs, field.Duplicate(containers.Index(i).Child("name"), c.Name))
+		}
+		seen[c.Name] = true
+		if c.Image == "" {
+			errs = append(errs, field.Required(containers.Index(i).Child("image"), ""))
+		}
+	}
+	return errs
+}

@@ -1,0 +1,89 @@
+package v1
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+func validSpec() SessionLivedBackendSpec {
+	return SessionLivedBackendSpec{Template: BackendPodTemplate{
+		Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}},
+	}}
+}
+
+func TestDefaultsApplyWhenFieldsAreUnset(t *testing.T) {
+	spec := validSpec()
+	if got := spec.EffectiveHTTPPort(); got != 8080 {
+		t.Errorf("EffectiveHTTPPort() = %d, want 8080", got)
+	}
+	if got := spec.GracePeriod(); got != 300*time.Second {
+		t.Errorf("GracePeriod() = %v, want 5m", got)
+	}
+	if _, ok := spec.MaxLifetime(); ok {
+		t.Error("MaxLifetime() reports a limit on a spec without one")
+	}
+}
+
+func TestSetFieldsOverrideDefaults(t *testing.T) {
+	grace, lifetime := int64(0), int64(60)
+	spec := validSpec()
+	spec.HTTPPort, spec.GracePeriodSeconds, spec.MaxLifetimeSeconds = 3000, &grace, &lifetime
+	if got := spec.EffectiveHTTPPort(); got != 3000 {
+		t.Errorf("EffectiveHTTPPort() = %d, want 3000", got)
+	}
+	if got := spec.GracePeriod(); got != 0 {
+		t.Errorf("GracePeriod() = %v, want 0 (an explicit zero is not the default)", got)
+	}
+	if got, ok := spec.MaxLifetime(); !ok || got != time.Minute {
+		t.Errorf("MaxLifetime() = %v, %v; want 1m, true", got, ok)
+	}
+}
+
+func TestValidateSpecAcceptsTheOriginalSpawnerShape(t *testing.T) {
+	grace := int64(300)
+	spec := validSpec()
+	spec.HTTPPort, spec.GracePeriodSeconds = 8080, &grace
+	if errs := ValidateSpec(&spec, field.NewPath("spec")); len(errs) != 0 {
+		t.Fatalf("ValidateSpec() = %v, want no errors", errs)
+	}
+}
+
+func TestValidateSpecNamesTheBadField(t *testing.T) {
+	negative := int64(-1)
+	cases := map[string]struct {
+		mutate    func(*SessionLivedBackendSpec)
+		wantField string
+	}{
+		"port too high":           {func(s *SessionLivedBackendSpec) { s.HTTPPort = 70000 }, "spec.httpPort"},
+		"negative port":           {func(s *SessionLivedBackendSpec) { s.HTTPPort = -1 }, "spec.httpPort"},
+		"sidecar public port":     {func(s *SessionLivedBackendSpec) { s.HTTPPort = SidecarServePort }, "spec.httpPort"},
+		"sidecar status port":     {func(s *SessionLivedBackendSpec) { s.HTTPPort = SidecarStatusPort }, "spec.httpPort"},
+		"negative grace":          {func(s *SessionLivedBackendSpec) { s.GracePeriodSeconds = &negative }, "spec.gracePeriodSeconds"},
+		"negative lifetime":       {func(s *SessionLivedBackendSpec) { s.MaxLifetimeSeconds = &negative }, "spec.maxLifetimeSeconds"},
+		"key too long":            {func(s *SessionLivedBackendSpec) { s.Key = strings.Repeat("k", 254) }, "spec.key"},
+		"no containers":           {func(s *SessionLivedBackendSpec) { s.Template.Containers = nil }, "spec.template.containers"},
+		"container without image": {func(s *SessionLivedBackendSpec) { s.Template.Containers[0].Image = "" }, "spec.template.containers[0].image"},
+		"container without name":  {func(s *SessionLivedBackendSpec) { s.Template.Containers[0].Name = "" }, "spec.template.containers[0].name"},
+		"sidecar's name taken":    {func(s *SessionLivedBackendSpec) { s.Template.Containers[0].Name = SidecarContainerName }, "spec.template.containers[0].name"},
+		"duplicate names": {func(s *SessionLivedBackendSpec) {
+			s.Template.Containers = append(s.Template.Containers, corev1.Container{Name: "app", Image: "x"})
+		}, "spec.template.containers[1].name"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			spec := validSpec()
+			tc.mutate(&spec)
+			errs := ValidateSpec(&spec, field.NewPath("spec"))
+			if len(errs) != 1 {
+				t.Fatalf("ValidateSpec() = %v, want exactly one error", errs)
+			}
+			if errs[0].Field != tc.wantField {
+				t.Errorf("error names field %q, want %q", errs[0].Field, tc.wantField)
+			}
+		})
+	}
+}

@@ -1,0 +1,170 @@
+package v1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// +genclient
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=slab,categories=spawner
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
+// +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// SessionLivedBackend is one backend process (a pod) started for one user,
+// document or room, and deleted once nobody has used it for its grace period.
+type SessionLivedBackend struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec SessionLivedBackendSpec `json:"spec"`
+	// +optional
+	Status SessionLivedBackendStatus `json:"status,omitempty"`
+}
+
+// SessionLivedBackendSpec is what the user asks for. It is accepted unchanged
+// from manifests written for the original Spawner
+// (spec.template.containers, spec.gracePeriodSeconds, spec.httpPort).
+type SessionLivedBackendSpec struct {
+	// Template is the backend's pod. The first container is the application:
+	// it receives PORT=<httpPort> and must serve HTTP (and WebSockets) there.
+	// +required
+	Template BackendPodTemplate `json:"template"`
+
+	// HTTPPort is the port the application container listens on.
+	// +kubebuilder:default=8080
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	HTTPPort int32 `json:"httpPort,omitempty"`
+
+	// GracePeriodSeconds is how long the backend is kept after its last
+	// connection or request ended; any new connection resets the countdown.
+	// +kubebuilder:default=300
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	GracePeriodSeconds *int64 `json:"gracePeriodSeconds,omitempty"`
+
+	// MaxLifetimeSeconds, when set, is a hard limit: the backend is terminated
+	// this long after it was created, even while it is in use.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	MaxLifetimeSeconds *int64 `json:"maxLifetimeSeconds,omitempty"`
+
+	// Key, when set, names the session this backend serves: spawner keeps at
+	// most one live backend per key and hands it to every caller asking for it.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
+}
+
+// BackendPodTemplate is the subset of a PodSpec that a backend may set: what
+// it runs, and what it needs to be placed and sized. spawner owns the rest
+// (restart policy, the sidecar container, labels it routes by).
+type BackendPodTemplate struct {
+	// Metadata holds extra labels and annotations for the pod.
+	// +optional
+	Metadata PodMetadata `json:"metadata,omitempty"`
+
+	// Containers run in the backend pod; the first one is the application.
+	// +kubebuilder:validation:MinItems=1
+	// +listType=atomic
+	Containers []corev1.Container `json:"containers"`
+
+	// +optional
+	// +listType=atomic
+	InitContainers []corev1.Container `json:"initContainers,omitempty"`
+	// +optional
+	// +listType=atomic
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// +optional
+	// +listType=atomic
+	Volumes []corev1.Volume `json:"volumes,omitempty"`
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// +optional
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
+	// +optional
+	AutomountServiceAccountToken *bool `json:"automountServiceAccountToken,omitempty"`
+	// +optional
+	SecurityContext *corev1.PodSecurityContext `json:"securityContext,omitempty"`
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+	// +optional
+	RuntimeClassName *string `json:"runtimeClassName,omitempty"`
+	// TerminationGracePeriodSeconds is how long the application gets between
+	// SIGTERM and SIGKILL when its backend is terminated.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds,omitempty"`
+}
+
+// PodMetadata is the part of the pod's metadata a backend may add to.
+type PodMetadata struct {
+	// +optional
+	Labels map[string]string `json:"labels,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// BackendPhase is a one-word summary of where a backend is in its life. It is
+// always derived from the conditions (see spawner.dev/apis/lifecycle).
+// +kubebuilder:validation:Enum=Pending;Scheduled;Running;Ready;Swept;Terminating;Failed
+type BackendPhase string
+
+// SessionLivedBackendStatus is what spawner observed about the backend.
+type SessionLivedBackendStatus struct {
+	// +optional
+	Phase BackendPhase `json:"phase,omitempty"`
+
+	// Conditions record each milestone (PodCreated, Scheduled, Running, Ready,
+	// Swept, Terminating, Failed) with the time and reason it was reached.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// +optional
+	NodeName string `json:"nodeName,omitempty"`
+	// +optional
+	PodIP string `json:"podIP,omitempty"`
+	// URL is where browsers reach the backend, without its access token.
+	// +optional
+	URL string `json:"url,omitempty"`
+
+	// Reason is a CamelCase word saying why the backend failed or ended.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// Message says the same for a person.
+	// +optional
+	Message string `json:"message,omitempty"`
+
+	// ReadyTime is when the application first listened on its port.
+	// +optional
+	ReadyTime *metav1.Time `json:"readyTime,omitempty"`
+	// LastActiveTime is the sidecar's last activity as last reported
+	// (written when the backend became ready and when it was swept).
+	// +optional
+	LastActiveTime *metav1.Time `json:"lastActiveTime,omitempty"`
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+// +kubebuilder:object:root=true
+
+// SessionLivedBackendList is a list of SessionLivedBackends.
+type SessionLivedBackendList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+
+	Items []SessionLivedBackend `json:"items"`
+}
