@@ -36,9 +36,10 @@ echo "# k8s $(k8s_version), etcd $(etcd_version), $(go env GOVERSION), container
 if [ $cold = 1 ]; then
 	gc=$(mktemp -d /var/tmp/spawner-coldbuild.XXXXXX)
 	t0=$(now)
-	(cd "$LC_SRC" && GOCACHE=$gc GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 /usr/bin/time -v go build -trimpath -ldflags "$(k8s_ldflags)" -o "$gc/k8s" .) 2>"$gc.time" ||
+	tv=(); [ ! -x /usr/bin/time ] || tv=(/usr/bin/time -v)
+	(cd "$LC_SRC" && GOCACHE=$gc GOWORK=off GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 "${tv[@]}" go build -trimpath -ldflags "$(k8s_ldflags)" -o "$gc/k8s" .) 2>"$gc.time" ||
 		die "cold build failed; see $gc.time"
-	echo "cold build of k8s (empty GOCACHE): $(sub "$(now)" "$t0") s, peak RSS $(awk -F': ' '/Maximum resident/{printf "%.1f GiB", $2/1048576}' "$gc.time"), GOCACHE $(du -sh "$gc" | cut -f1), binary $(du -h "$gc/k8s" | cut -f1)"
+	echo "cold build of k8s (empty GOCACHE): $(sub "$(now)" "$t0") s, peak RSS $(awk -F': ' '/Maximum resident/{printf "%.1f GiB", $2/1048576; f=1} END{if(!f) printf "n/a"}' "$gc.time"), GOCACHE $(du -sh "$gc" | cut -f1), binary $(du -h "$gc/k8s" | cut -f1)"
 	rm -rf "$gc" "$gc.time"
 fi
 

@@ -129,6 +129,7 @@ oom_score = 0
     # lower a sandbox's oom_score_adj to -998 and every pod fails with
     # "can't get final child's PID from pipe: EOF". Clamps scores to >= containerd's own (0).
     restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true   # pod netns under the state dir, not /run/netns
     [plugins."io.containerd.grpc.v1.cri".containerd]
       snapshotter = "overlayfs"
       default_runtime_name = "runc"

@@ -89,7 +89,7 @@ k8s_ldflags() {
 _build() {
 	local what=$1 logf=$2 dir=$3; shift 3
 	local t0=$SECONDS
-	if ! (cd "$dir" && GOWORK=off GOFLAGS=-mod=readonly CGO_ENABLED=0 go build -trimpath "$@") >"$logf" 2>&1; then
+	if ! (cd "$dir" && GOWORK=off GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 go build -trimpath "$@") >"$logf" 2>&1; then
 		tail -n 20 "$logf" >&2
 		die "building $what failed; full log: $logf"
 	fi
