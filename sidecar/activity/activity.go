@@ -1,0 +1,229 @@
+// Package activity keeps the live counters that decide whether a backend is
+// in use, and tells subscribers when they change.
+//
+// Updates are atomic and lock-free because every proxied request makes two of
+// them; only opening and closing a WebSocket takes a lock.
+package activity
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Tracker counts in-flight HTTP requests and open WebSockets and remembers
+// when the backend was last in use.
+type Tracker struct {
+	ready      atomic.Bool
+	inFlight   atomic.Int64
+	websockets atomic.Int64
+	lastActive atomic.Int64 // unix nanoseconds at which the last request or socket ended
+
+	// wsIdle > 0 lets a WebSocket without data frames for that long stop
+	// counting as live.
+	wsIdle  time.Duration
+	mu      sync.Mutex
+	sockets map[*Socket]struct{}
+	idle    int // sockets idle at the last check; guarded by mu
+
+	subMu sync.Mutex                      // serialises Subscribe/cancel
+	subs  atomic.Pointer[[]chan struct{}] // copy-on-write, read lock-free by notify
+}
+
+// New returns a tracker; wsIdle 0 disables the WebSocket idle rule. The
+// backend counts as last active at its start.
+func New(wsIdle time.Duration) *Tracker {
+	t := &Tracker{wsIdle: wsIdle, sockets: map[*Socket]struct{}{}}
+	t.lastActive.Store(time.Now().UnixNano())
+	t.subs.Store(&[]chan struct{}{})
+	return t
+}
+
+// Snapshot is the state reported on the status port.
+type Snapshot struct {
+	Ready              bool
+	InFlightRequests   int
+	WebSockets         int // open upgraded connections, idle or not
+	LiveConnections    int // in-flight requests + WebSockets that are not idle
+	LastActive         time.Time
+	SecondsSinceActive int
+}
+
+// SameState reports whether two snapshots describe the same state, ignoring
+// the passage of time while idle (that alone is not an event).
+func (s Snapshot) SameState(o Snapshot) bool {
+	s.SecondsSinceActive, o.SecondsSinceActive = 0, 0
+	if s.LiveConnections > 0 && o.LiveConnections > 0 {
+		s.LastActive, o.LastActive = time.Time{}, time.Time{}
+	}
+	return s == o
+}
+
+// Snapshot returns the current state.
+func (t *Tracker) Snapshot() Snapshot { return t.snapshot(time.Now()) }
+
+func (t *Tracker) snapshot(now time.Time) Snapshot {
+	s := Snapshot{
+		Ready:            t.ready.Load(),
+		InFlightRequests: int(t.inFlight.Load()),
+		WebSockets:       int(t.websockets.Load()),
+	}
+	last := t.lastActive.Load()
+	idle := 0
+	if t.wsIdle > 0 && s.WebSockets > 0 {
+		var lastData int64
+		idle, lastData = t.idleSockets(now)
+		// An idle socket was last in use at its last data frame.
+		last = max(last, lastData)
+	}
+	s.LiveConnections = s.InFlightRequests + s.WebSockets - idle
+	if s.LiveConnections > 0 {
+		s.LastActive = now
+	} else {
+		s.LastActive = time.Unix(0, last)
+		s.SecondsSinceActive = int(max(now.Sub(s.LastActive), 0) / time.Second)
+	}
+	return s
+}
+
+// idleSockets counts open sockets without data for wsIdle and returns the
+// latest data time among them.
+func (t *Tracker) idleSockets(now time.Time) (idle int, lastData int64) {
+	cutoff := now.Add(-t.wsIdle).UnixNano()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for s := range t.sockets {
+		if d := s.lastData.Load(); d <= cutoff {
+			idle++
+			lastData = max(lastData, d)
+		}
+	}
+	return idle, lastData
+}
+
+// SetReady records whether the app listens; it notifies only on a flip.
+func (t *Tracker) SetReady(ready bool) {
+	if t.ready.Swap(ready) != ready {
+		t.notify()
+	}
+}
+
+// RequestStarted marks an HTTP request as in flight.
+func (t *Tracker) RequestStarted() {
+	t.inFlight.Add(1)
+	t.notify()
+}
+
+// RequestFinished ends what RequestStarted began.
+func (t *Tracker) RequestFinished() {
+	// Stored before the decrement so a reader that sees nothing live also
+	// sees this end time.
+	t.lastActive.Store(time.Now().UnixNano())
+	t.inFlight.Add(-1)
+	t.notify()
+}
+
+// Socket is one open WebSocket.
+type Socket struct {
+	t        *Tracker
+	lastData atomic.Int64 // unix nanoseconds of the last data frame (or the open)
+}
+
+// SocketOpened registers an open WebSocket.
+func (t *Tracker) SocketOpened() *Socket {
+	s := &Socket{t: t}
+	s.lastData.Store(time.Now().UnixNano())
+	t.mu.Lock()
+	t.sockets[s] = struct{}{}
+	t.mu.Unlock()
+	t.websockets.Add(1)
+	t.notify()
+	return s
+}
+
+// DataSeen records that a data frame passed at now. A socket coming back from
+// idle is a change subscribers hear about.
+func (s *Socket) DataSeen(now time.Time) {
+	prev := s.lastData.Swap(now.UnixNano())
+	if s.t.wsIdle > 0 && now.UnixNano()-prev >= int64(s.t.wsIdle) {
+		s.t.CheckIdle()
+	}
+}
+
+// Closed unregisters the socket; call it once.
+func (s *Socket) Closed() {
+	t := s.t
+	t.lastActive.Store(time.Now().UnixNano())
+	t.mu.Lock()
+	delete(t.sockets, s)
+	t.mu.Unlock()
+	t.websockets.Add(-1)
+	t.notify()
+}
+
+// CheckIdle notifies subscribers when the number of idle WebSockets changed
+// since the last check. Sockets go idle by the passage of time alone, so with
+// the idle rule on something must call this periodically (see WatchIdle).
+func (t *Tracker) CheckIdle() {
+	if t.wsIdle == 0 {
+		return
+	}
+	idle, _ := t.idleSockets(time.Now())
+	t.mu.Lock()
+	changed := idle != t.idle
+	t.idle = idle
+	t.mu.Unlock()
+	if changed {
+		t.notify()
+	}
+}
+
+// WatchIdle calls CheckIdle every interval until stop is closed; it returns
+// at once when the idle rule is off.
+func (t *Tracker) WatchIdle(interval time.Duration, stop <-chan struct{}) {
+	if t.wsIdle == 0 {
+		return
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+			t.CheckIdle()
+		}
+	}
+}
+
+// Subscribe returns a channel that receives a value after changes (several
+// changes may collapse into one value) and a function to unsubscribe.
+func (t *Tracker) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	t.subMu.Lock()
+	old := *t.subs.Load()
+	next := append(old[:len(old):len(old)], ch)
+	t.subs.Store(&next)
+	t.subMu.Unlock()
+	return ch, func() {
+		t.subMu.Lock()
+		defer t.subMu.Unlock()
+		cur := *t.subs.Load()
+		next := make([]chan struct{}, 0, len(cur))
+		for _, c := range cur {
+			if c != ch {
+				next = append(next, c)
+			}
+		}
+		t.subs.Store(&next)
+	}
+}
+
+func (t *Tracker) notify() {
+	for _, ch := range *t.subs.Load() {
+		select {
+		case ch <- struct{}{}:
+		default: // a signal is already pending; the subscriber will read fresh state
+		}
+	}
+}

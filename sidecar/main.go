@@ -1,0 +1,61 @@
+// Command spawner-sidecar runs next to a backend's app: it proxies the public
+// port to the app and reports on a separate status port whether the backend
+// is in use. See docs/sidecar.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"spawner.dev/sidecar/server"
+)
+
+func main() {
+	var c server.Config
+	var wsIdle, drain int
+	fs := flag.NewFlagSet("spawner-sidecar", flag.ExitOnError)
+	fs.IntVar(&c.ServePort, "serve-port", envInt("SIDECAR_SERVE_PORT", 9090), "public port, proxied to the app (env SIDECAR_SERVE_PORT)")
+	fs.IntVar(&c.UpstreamPort, "upstream-port", envInt("SIDECAR_UPSTREAM_PORT", 8080), "the app's port on 127.0.0.1 (env SIDECAR_UPSTREAM_PORT)")
+	fs.IntVar(&c.StatusPort, "status-port", envInt("SIDECAR_STATUS_PORT", 9091), "status port: /_events, /healthz, /metrics (env SIDECAR_STATUS_PORT)")
+	fs.IntVar(&wsIdle, "ws-idle-seconds", envInt("SIDECAR_WS_IDLE_SECONDS", 0), "a WebSocket without data frames for this long stops counting as active; 0 = never (env SIDECAR_WS_IDLE_SECONDS)")
+	fs.IntVar(&drain, "drain-seconds", envInt("SIDECAR_DRAIN_SECONDS", 10), "after SIGTERM, keep proxying at most this long while the app finishes (env SIDECAR_DRAIN_SECONDS)")
+	fs.StringVar(&c.StatusBlockFile, "status-block-file", os.Getenv("SIDECAR_STATUS_BLOCK_FILE"), "testing: while this file exists the status port is closed (env SIDECAR_STATUS_BLOCK_FILE)")
+	fs.StringVar(&c.ProcNet, "proc-net", envString("SIDECAR_PROC_NET", "/proc/net"), "directory with the tcp and tcp6 socket tables (env SIDECAR_PROC_NET)")
+	fs.StringVar(&c.Host, "listen-host", os.Getenv("SIDECAR_LISTEN_HOST"), "address to bind the public and status ports on; empty = all (env SIDECAR_LISTEN_HOST)")
+	fs.Parse(os.Args[1:])
+	c.WSIdle = time.Duration(wsIdle) * time.Second
+	c.Drain = time.Duration(drain) * time.Second
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := server.Run(ctx, c); err != nil {
+		log.Fatalf("sidecar: %v", err)
+	}
+}
+
+func envInt(name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s=%q is not a number\n", name, v)
+		os.Exit(2)
+	}
+	return n
+}
+
+func envString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,136 @@
+// Package server assembles the sidecar: the public proxy, the status port and
+// the readiness watcher, with a graceful drain on shutdown.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"spawner.dev/common/metrics"
+	"spawner.dev/sidecar/activity"
+	"spawner.dev/sidecar/proxy"
+	"spawner.dev/sidecar/readiness"
+	"spawner.dev/sidecar/status"
+)
+
+// Config is everything main collects from flags and environment.
+type Config struct {
+	ServePort    int
+	UpstreamPort int
+	StatusPort   int
+	// WSIdle > 0: a WebSocket without data frames for this long stops
+	// counting as live.
+	WSIdle time.Duration
+	// StatusBlockFile: while this file exists the status port is closed (tests).
+	StatusBlockFile string
+	// Drain is the longest the sidecar keeps proxying after SIGTERM while the
+	// app finishes its requests.
+	Drain time.Duration
+	// ProcNet is where the tcp/tcp6 socket tables are read (/proc/net).
+	ProcNet string
+	// Host is the address to bind the public and status ports on ("" = all).
+	Host string
+	Log  *log.Logger
+}
+
+// Readiness polling: fast until the app listens, then slow to notice it going.
+const (
+	readyPollFast = 20 * time.Millisecond
+	readyPollSlow = time.Second
+	idleCheck     = 250 * time.Millisecond
+)
+
+// Run serves until ctx ends, then drains: it keeps proxying until nothing is
+// in flight and the app has stopped listening, or Drain has passed.
+func Run(ctx context.Context, c Config) error {
+	logger := c.Log
+	if logger == nil {
+		logger = log.Default()
+	}
+	tracker := activity.New(c.WSIdle)
+	reg := metrics.NewRegistry()
+	px := proxy.New(proxy.Config{
+		Upstream: net.JoinHostPort("127.0.0.1", strconv.Itoa(c.UpstreamPort)),
+		Tracker:  tracker,
+		Metrics:  proxy.NewMetrics(reg, tracker),
+		MaxIdle:  1024,
+	})
+
+	public, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.ServePort)))
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           px,
+		ReadHeaderTimeout: time.Minute,
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          logger,
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(public) }()
+
+	stop := make(chan struct{})
+	defer close(stop)
+	go readiness.Watch(c.ProcNet, c.UpstreamPort, readyPollFast, readyPollSlow, tracker.SetReady, stop)
+	go tracker.WatchIdle(idleCheck, stop)
+
+	statusCtx, stopStatus := context.WithCancel(context.Background())
+	defer stopStatus()
+	statusDone := make(chan error, 1)
+	go func() {
+		statusDone <- status.Serve(statusCtx, net.JoinHostPort(c.Host, strconv.Itoa(c.StatusPort)),
+			&status.Handler{Tracker: tracker, Metrics: reg}, c.StatusBlockFile)
+	}()
+	logger.Printf("sidecar: serving :%d -> 127.0.0.1:%d, status :%d", c.ServePort, c.UpstreamPort, c.StatusPort)
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("public server: %w", err)
+	case err := <-statusDone:
+		srv.Close()
+		return fmt.Errorf("status server: %w", err)
+	case <-ctx.Done():
+	}
+
+	logger.Printf("sidecar: draining for up to %s", c.Drain)
+	drain(tracker, c.Drain)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err = srv.Shutdown(shutdownCtx)
+	px.CloseIdle()
+	stopStatus()
+	<-statusDone
+	if errors.Is(err, context.DeadlineExceeded) {
+		return nil // streams still open at the end of the drain are cut
+	}
+	return err
+}
+
+// drain waits until the app is gone and nothing is live, or for at most d.
+// Until then the public port keeps accepting: in Kubernetes the endpoints may
+// still route new requests for a moment after SIGTERM.
+func drain(t *activity.Tracker, d time.Duration) {
+	deadline := time.Now().Add(d)
+	changed, unsubscribe := t.Subscribe()
+	defer unsubscribe()
+	for {
+		s := t.Snapshot()
+		if !s.Ready && s.InFlightRequests == 0 && s.WebSockets == 0 {
+			return
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return
+		}
+		select {
+		case <-changed:
+		case <-time.After(min(wait, readyPollSlow)):
+		}
+	}
+}

@@ -1,0 +1,191 @@
+// Package status serves the node-local status port: the /_events stream the
+// sweeper follows, /healthz and /metrics.
+package status
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"spawner.dev/sidecar/activity"
+)
+
+// Timing of the /_events stream.
+const (
+	// MinEventInterval coalesces bursts: after an event, further changes wait
+	// this long and go out as one event with the latest state. The first
+	// change after a quiet period goes out at once.
+	MinEventInterval = 200 * time.Millisecond
+	KeepAliveEvery   = 15 * time.Second
+)
+
+// Handler serves /_events, /healthz and /metrics.
+type Handler struct {
+	Tracker *activity.Tracker
+	Metrics http.Handler
+	// KeepAlive overrides KeepAliveEvery (tests).
+	KeepAlive time.Duration
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/_events":
+		h.events(w, r)
+	case "/healthz":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	case "/metrics":
+		h.Metrics.ServeHTTP(w, r)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	changed, unsubscribe := h.Tracker.Subscribe()
+	defer unsubscribe()
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no")
+	rc := http.NewResponseController(w)
+
+	every := h.KeepAlive
+	if every == 0 {
+		every = KeepAliveEvery
+	}
+	keepAlive := time.NewTicker(every)
+	defer keepAlive.Stop()
+	coalesce := time.NewTimer(0)
+	<-coalesce.C
+	pending := false
+
+	var last activity.Snapshot
+	var lastSent time.Time
+	buf := make([]byte, 0, 256)
+	send := func(force bool) bool {
+		s := h.Tracker.Snapshot()
+		if !force && s.SameState(last) {
+			return true
+		}
+		last, lastSent = s, time.Now()
+		buf = AppendEvent(buf[:0], s)
+		if _, err := w.Write(buf); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if !send(true) {
+		return
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-changed:
+			if pending {
+				continue
+			}
+			if wait := MinEventInterval - time.Since(lastSent); wait > 0 {
+				pending = true
+				coalesce.Reset(wait)
+				continue
+			}
+			if !send(false) {
+				return
+			}
+		case <-coalesce.C:
+			pending = false
+			if !send(false) {
+				return
+			}
+		case <-keepAlive.C:
+			if _, err := w.Write([]byte(": keep-alive\n\n")); err != nil || rc.Flush() != nil {
+				return
+			}
+		}
+	}
+}
+
+// AppendEvent appends one SSE event carrying s as JSON.
+func AppendEvent(b []byte, s activity.Snapshot) []byte {
+	b = append(b, `data: {"ready":`...)
+	b = strconv.AppendBool(b, s.Ready)
+	b = append(b, `,"live_connections":`...)
+	b = strconv.AppendInt(b, int64(s.LiveConnections), 10)
+	b = append(b, `,"seconds_since_active":`...)
+	b = strconv.AppendInt(b, int64(s.SecondsSinceActive), 10)
+	b = append(b, `,"last_active":"`...)
+	b = s.LastActive.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","in_flight_requests":`...)
+	b = strconv.AppendInt(b, int64(s.InFlightRequests), 10)
+	b = append(b, `,"websockets":`...)
+	b = strconv.AppendInt(b, int64(s.WebSockets), 10)
+	return append(b, "}\n\n"...)
+}
+
+// Serve runs h on addr until ctx ends. While blockFile (if set) exists the
+// port is closed: existing streams are cut and new connections refused,
+// which is how tests simulate an unreachable sidecar. It is polled every
+// blockPoll.
+func Serve(ctx context.Context, addr string, h http.Handler, blockFile string) error {
+	const blockPoll = 50 * time.Millisecond
+	blocked := func() bool {
+		if blockFile == "" {
+			return false
+		}
+		_, err := os.Stat(blockFile)
+		return err == nil
+	}
+	for {
+		for blocked() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(blockPoll):
+			}
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		watch := time.NewTicker(blockPoll)
+		if blockFile == "" {
+			watch.Stop()
+		}
+	running:
+		for {
+			select {
+			case <-ctx.Done():
+				watch.Stop()
+				srv.Close()
+				return nil
+			case err := <-served:
+				watch.Stop()
+				if !errors.Is(err, http.ErrServerClosed) {
+					return err
+				}
+				return nil
+			case <-watch.C:
+				if blocked() {
+					break running
+				}
+			}
+		}
+		watch.Stop()
+		srv.Close()
+		<-served
+	}
+}
