@@ -1,0 +1,56 @@
+// Package apiserver is spawner's api-server: the control API that web apps
+// call to spawn backends (bearer tokens), and the public router that browsers
+// use to reach them (per-backend access tokens). Every read on the hot path is
+// served from informer caches; writes go to the Kubernetes API server.
+package apiserver
+
+import (
+	"flag"
+	"log/slog"
+	"time"
+
+	"spawner.dev/common/kubeclient"
+)
+
+// Config is everything the api-server takes from its flags.
+type Config struct {
+	ControlAddr      string
+	RouterAddr       string
+	BackendNamespace string
+	// PublicURL is the base browsers reach the router at, e.g. http://localhost:30081.
+	PublicURL string
+	// ControlURL is the base of readyUrl/statusUrl; empty means the scheme and
+	// host of the request that asked.
+	ControlURL string
+
+	TokenFile           string
+	TokenSecret         string // namespace/name
+	AccessKeyFile       string
+	TokenReload         time.Duration
+	TrustForwarded      bool
+	MaxIdleConnsPerHost int
+	ShutdownTimeout     time.Duration
+	LogRequests         bool
+
+	Kube kubeclient.Options
+
+	Logger *slog.Logger
+}
+
+// AddFlags registers the api-server's flags.
+func (c *Config) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.ControlAddr, "control-addr", ":8080", "listen address of the control API (bearer tokens)")
+	fs.StringVar(&c.RouterAddr, "router-addr", ":8081", "listen address of the public router (/p/<name>/...)")
+	fs.StringVar(&c.BackendNamespace, "backend-namespace", "spawner-backends", "namespace the backends (SessionLivedBackends and their pods) live in")
+	fs.StringVar(&c.PublicURL, "public-url", "http://localhost:8081", "base URL browsers reach the router at; backend URLs are <public-url>/p/<name>/")
+	fs.StringVar(&c.ControlURL, "control-url", "", "base URL of the control API used in readyUrl/statusUrl (default: scheme and host of the request)")
+	fs.StringVar(&c.TokenFile, "token-file", "", "file with the control API's bearer tokens, one per line (# comments allowed); re-read periodically")
+	fs.StringVar(&c.TokenSecret, "token-secret", "", "namespace/name of a Secret whose key 'token' holds bearer tokens (one per line) and whose key 'access-token-key' may hold the access-token key")
+	fs.StringVar(&c.AccessKeyFile, "access-token-key-file", "", "file holding the secret key (>= 16 bytes) from which per-backend access tokens are derived; every replica must share it")
+	fs.DurationVar(&c.TokenReload, "token-reload-interval", 30*time.Second, "how often --token-file / --token-secret are re-read")
+	fs.BoolVar(&c.TrustForwarded, "trust-forwarded-headers", false, "keep the client's X-Forwarded-For chain (set when the router sits behind a trusted proxy)")
+	fs.IntVar(&c.MaxIdleConnsPerHost, "upstream-idle-conns-per-host", 256, "idle keep-alive connections kept per backend pod")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight requests get on shutdown")
+	fs.BoolVar(&c.LogRequests, "log-requests", true, "log one line per request")
+	c.Kube.AddFlags(fs)
+}

@@ -1,0 +1,241 @@
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kubeinformers "k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/generated/clientset/versioned"
+	"spawner.dev/generated/informers/externalversions"
+	spawnerlisters "spawner.dev/generated/listers/spawner/v1"
+)
+
+const indexKeyHash = "keyHash"
+
+// Server is one api-server replica.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	kube  kubernetes.Interface
+	slabs versioned.Interface
+	creds *credentials
+
+	publicBase   string // PublicURL without a trailing slash
+	secureCookie bool
+
+	slabFactory externalversions.SharedInformerFactory
+	podFactory  kubeinformers.SharedInformerFactory
+	slabInf     cache.SharedIndexInformer
+	podInf      cache.SharedIndexInformer
+	slabLister  spawnerlisters.SessionLivedBackendNamespaceLister
+
+	watchers *watchers
+	metrics  *serverMetrics
+	proxy    *routerProxy
+
+	shuttingDown chan struct{}
+	shutdownOnce sync.Once
+}
+
+// Run builds the clients from cfg.Kube and serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	rc, err := cfg.Kube.Config("spawner-api-server")
+	if err != nil {
+		return err
+	}
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	slabs, err := versioned.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	s, err := New(cfg, kube, slabs)
+	if err != nil {
+		return err
+	}
+	return s.Run(ctx)
+}
+
+// New builds a server on the given clients; nothing runs until Run or Start.
+func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.BackendNamespace == "" {
+		cfg.BackendNamespace = "spawner-backends"
+	}
+	u, err := url.Parse(cfg.PublicURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("--public-url %q must be an absolute http(s) URL", cfg.PublicURL)
+	}
+	if cfg.ControlURL != "" {
+		if cu, err := url.Parse(cfg.ControlURL); err != nil || (cu.Scheme != "http" && cu.Scheme != "https") || cu.Host == "" {
+			return nil, fmt.Errorf("--control-url %q must be an absolute http(s) URL", cfg.ControlURL)
+		}
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger, kube: kube, slabs: slabs,
+		publicBase:   strings.TrimRight(cfg.PublicURL, "/"),
+		secureCookie: u.Scheme == "https",
+		watchers:     newWatchers(),
+		shuttingDown: make(chan struct{}),
+	}
+	s.creds = &credentials{cfg: &s.cfg, kube: kube, log: s.log}
+
+	ns := cfg.BackendNamespace
+	s.slabFactory = externalversions.NewSharedInformerFactoryWithOptions(slabs, 0, externalversions.WithNamespace(ns))
+	s.slabInf = s.slabFactory.Spawner().V1().SessionLivedBackends().Informer()
+	if err := s.slabInf.AddIndexers(cache.Indexers{indexKeyHash: func(obj any) ([]string, error) {
+		slab, ok := obj.(*spawnerv1.SessionLivedBackend)
+		if !ok || slab.Labels[spawnerv1.LabelKeyHash] == "" {
+			return nil, nil
+		}
+		return []string{slab.Labels[spawnerv1.LabelKeyHash]}, nil
+	}}); err != nil {
+		return nil, err
+	}
+	_ = s.slabInf.SetTransform(func(obj any) (any, error) {
+		if m, ok := obj.(metav1.Object); ok {
+			m.SetManagedFields(nil)
+		}
+		return obj, nil
+	})
+	s.slabLister = s.slabFactory.Spawner().V1().SessionLivedBackends().Lister().SessionLivedBackends(ns)
+	s.slabInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.watchers.notify(obj) },
+		UpdateFunc: func(_, obj any) { s.watchers.notify(obj) },
+		DeleteFunc: func(obj any) { s.watchers.notify(obj) },
+	})
+
+	s.podFactory = kubeinformers.NewSharedInformerFactoryWithOptions(kube, 0, kubeinformers.WithNamespace(ns),
+		kubeinformers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector = spawnerv1.LabelManagedBy + "=" + spawnerv1.ManagedByValue
+		}))
+	s.podInf = s.podFactory.Core().V1().Pods().Informer()
+	// The router needs a pod's IP and whether it is alive: keep only that.
+	_ = s.podInf.SetTransform(func(obj any) (any, error) {
+		if p, ok := obj.(*corev1.Pod); ok {
+			return trimPod(p), nil
+		}
+		return obj, nil
+	})
+
+	s.metrics = newServerMetrics(s)
+	s.proxy = newRouterProxy(s)
+	return s, nil
+}
+
+// Start loads credentials and starts the informers (not the listeners).
+func (s *Server) Start(ctx context.Context) error {
+	if err := s.creds.init(ctx); err != nil {
+		return err
+	}
+	go s.creds.reload(ctx)
+	s.slabFactory.Start(ctx.Done())
+	s.podFactory.Start(ctx.Done())
+	return nil
+}
+
+// synced reports whether both caches have synced.
+func (s *Server) synced() bool { return s.slabInf.HasSynced() && s.podInf.HasSynced() }
+
+// WaitForSync blocks until the caches synced or ctx ends.
+func (s *Server) WaitForSync(ctx context.Context) bool {
+	return cache.WaitForCacheSync(ctx.Done(), s.slabInf.HasSynced, s.podInf.HasSynced)
+}
+
+// Run starts everything and serves both listeners until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	control := &http.Server{Addr: s.cfg.ControlAddr, Handler: s.ControlHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	router := &http.Server{Addr: s.cfg.RouterAddr, Handler: s.RouterHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	cl, err := net.Listen("tcp", s.cfg.ControlAddr)
+	if err != nil {
+		return fmt.Errorf("control listener: %w", err)
+	}
+	rl, err := net.Listen("tcp", s.cfg.RouterAddr)
+	if err != nil {
+		cl.Close()
+		return fmt.Errorf("router listener: %w", err)
+	}
+	s.log.Info("api-server listening", "control", cl.Addr().String(), "router", rl.Addr().String(),
+		"backendNamespace", s.cfg.BackendNamespace, "publicURL", s.publicBase)
+	errc := make(chan error, 2)
+	go func() { errc <- control.Serve(cl) }()
+	go func() { errc <- router.Serve(rl) }()
+	go func() {
+		if s.WaitForSync(ctx) {
+			s.log.Info("informer caches synced")
+		}
+	}()
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	s.shutdownOnce.Do(func() { close(s.shuttingDown) })
+	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer scancel()
+	control.Shutdown(sctx)
+	router.Shutdown(sctx)
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+// slab returns a backend from the cache.
+func (s *Server) slab(name string) (*spawnerv1.SessionLivedBackend, bool) {
+	slab, err := s.slabLister.Get(name)
+	if err != nil {
+		return nil, false
+	}
+	return slab, true
+}
+
+// pod returns a backend's pod from the cache.
+func (s *Server) pod(name string) (*corev1.Pod, bool) {
+	obj, ok, err := s.podInf.GetIndexer().GetByKey(s.cfg.BackendNamespace + "/" + name)
+	if err != nil || !ok {
+		return nil, false
+	}
+	p, ok := obj.(*corev1.Pod)
+	return p, ok
+}
+
+// slabsForKey returns the cached backends of a key.
+func (s *Server) slabsForKey(key string) []*spawnerv1.SessionLivedBackend {
+	objs, err := s.slabInf.GetIndexer().ByIndex(indexKeyHash, keyHashLabel(key))
+	if err != nil {
+		return nil
+	}
+	out := make([]*spawnerv1.SessionLivedBackend, 0, len(objs))
+	for _, o := range objs {
+		if slab, ok := o.(*spawnerv1.SessionLivedBackend); ok && slab.Spec.Key == key {
+			out = append(out, slab)
+		}
+	}
+	return out
+}

@@ -1,0 +1,237 @@
+package apiserver
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+)
+
+// AnnotationAccessTokenSalt holds the random per-backend salt from which the
+// api-server derives the backend's access token (see docs/api.md): the token
+// is HMAC-SHA256(access-token key, salt) truncated to 128 bits. The salt alone
+// is useless without the key, which only the api-server holds.
+const AnnotationAccessTokenSalt = "spawner.dev/access-token-salt"
+
+// Keys of the token Secret.
+const (
+	SecretKeyTokens    = "token"
+	SecretKeyAccessKey = "access-token-key"
+)
+
+const accessTokenContext = "spawner.dev access token v1\x00"
+
+// accessKeys derives per-backend access tokens.
+type accessKeys struct{ key []byte }
+
+// newSalt returns 16 random bytes, hex encoded.
+func newSalt() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// token is the backend's access token for a salt: 128 bits, base64url.
+func (k *accessKeys) token(salt string) string {
+	m := hmac.New(sha256.New, k.key)
+	m.Write([]byte(accessTokenContext))
+	m.Write([]byte(salt))
+	sum := m.Sum(nil)
+	return base64.RawURLEncoding.EncodeToString(sum[:16])
+}
+
+// tokenFor returns the access token of a backend, and false when it has no
+// salt (created by something else than the api-server).
+func (k *accessKeys) tokenFor(slab *spawnerv1.SessionLivedBackend) (string, bool) {
+	salt := slab.Annotations[AnnotationAccessTokenSalt]
+	if salt == "" {
+		return "", false
+	}
+	return k.token(salt), true
+}
+
+// hashToken is the hex SHA-256 stored in spawner.dev/access-token-sha256.
+func hashToken(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
+
+// tokenMatches compares a presented token with the backend's stored hash in
+// constant time.
+func tokenMatches(slab *spawnerv1.SessionLivedBackend, tok string) bool {
+	want := slab.Annotations[spawnerv1.AnnotationAccessTokenHash]
+	if len(want) != 64 || tok == "" || len(tok) > 256 {
+		return false
+	}
+	var wantSum [32]byte
+	if _, err := hex.Decode(wantSum[:], []byte(want)); err != nil {
+		return false
+	}
+	got := sha256.Sum256([]byte(tok))
+	return subtle.ConstantTimeCompare(got[:], wantSum[:]) == 1
+}
+
+// bearerTokens is the set of control API tokens, kept as SHA-256 digests so
+// every comparison has the same length and takes the same time.
+type bearerTokens struct {
+	set    atomic.Pointer[[][32]byte]
+	loaded atomic.Bool
+}
+
+func (b *bearerTokens) store(tokens [][32]byte) {
+	b.set.Store(&tokens)
+	b.loaded.Store(true)
+}
+
+// valid reports whether tok is one of the tokens. It compares against every
+// token, without stopping at the first match.
+func (b *bearerTokens) valid(tok string) bool {
+	p := b.set.Load()
+	if p == nil || tok == "" {
+		return false
+	}
+	got := sha256.Sum256([]byte(tok))
+	ok := 0
+	for i := range *p {
+		ok |= subtle.ConstantTimeCompare(got[:], (*p)[i][:])
+	}
+	return ok == 1
+}
+
+// parseTokens reads one token per line; blank lines and # comments are skipped.
+func parseTokens(data []byte) [][32]byte {
+	var out [][32]byte
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		out = append(out, sha256.Sum256([]byte(line)))
+	}
+	return out
+}
+
+// credentials loads the bearer tokens and the access-token key from the
+// configured file and/or Secret, and keeps the tokens fresh.
+type credentials struct {
+	cfg    *Config
+	kube   kubernetes.Interface
+	log    *slog.Logger
+	tokens bearerTokens
+	access *accessKeys
+}
+
+func splitNamespaced(s string) (string, string, error) {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok || ns == "" || name == "" {
+		return "", "", fmt.Errorf("%q is not namespace/name", s)
+	}
+	return ns, name, nil
+}
+
+func (c *credentials) readSecret(ctx context.Context) (map[string][]byte, error) {
+	ns, name, err := splitNamespaced(c.cfg.TokenSecret)
+	if err != nil {
+		return nil, fmt.Errorf("--token-secret: %w", err)
+	}
+	s, err := c.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("reading Secret %s: %w", c.cfg.TokenSecret, err)
+	}
+	return s.Data, nil
+}
+
+// loadTokens reads the bearer tokens once.
+func (c *credentials) loadTokens(ctx context.Context) error {
+	var all [][32]byte
+	if c.cfg.TokenFile != "" {
+		data, err := os.ReadFile(c.cfg.TokenFile)
+		if err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+		all = append(all, parseTokens(data)...)
+	}
+	if c.cfg.TokenSecret != "" {
+		data, err := c.readSecret(ctx)
+		if err != nil {
+			return err
+		}
+		all = append(all, parseTokens(data[SecretKeyTokens])...)
+	}
+	if len(all) == 0 {
+		return errors.New("no control API tokens: give --token-file or --token-secret with at least one token")
+	}
+	c.tokens.store(all)
+	return nil
+}
+
+// init loads tokens and the access key; it fails when there are no tokens.
+func (c *credentials) init(ctx context.Context) error {
+	if err := c.loadTokens(ctx); err != nil {
+		return err
+	}
+	var key []byte
+	switch {
+	case c.cfg.AccessKeyFile != "":
+		data, err := os.ReadFile(c.cfg.AccessKeyFile)
+		if err != nil {
+			return fmt.Errorf("--access-token-key-file: %w", err)
+		}
+		key = bytes.TrimSpace(data)
+	case c.cfg.TokenSecret != "":
+		data, err := c.readSecret(ctx)
+		if err != nil {
+			return err
+		}
+		key = bytes.TrimSpace(data[SecretKeyAccessKey])
+	}
+	if len(key) == 0 {
+		key = make([]byte, 32)
+		rand.Read(key)
+		c.log.Warn("no access-token key given (--access-token-key-file or key access-token-key in --token-secret): using a random one; " +
+			"other replicas and later restarts cannot re-derive the URLs of backends created now")
+	} else if len(key) < 16 {
+		return fmt.Errorf("the access-token key must be at least 16 bytes, got %d", len(key))
+	}
+	c.access = &accessKeys{key: key}
+	return nil
+}
+
+// reload re-reads the tokens until ctx ends; a failed read keeps the old set.
+func (c *credentials) reload(ctx context.Context) {
+	if c.cfg.TokenReload <= 0 {
+		return
+	}
+	t := time.NewTicker(c.cfg.TokenReload)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := c.loadTokens(ctx); err != nil && ctx.Err() == nil {
+				c.log.Warn("re-reading control API tokens failed; keeping the previous set", "err", err)
+			}
+		}
+	}
+}
