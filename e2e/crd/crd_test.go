@@ -1,0 +1,202 @@
+//go:build cluster
+
+// Package crd checks the generated CRD and clients against a real API
+// server: what the schema accepts, defaults and rejects, and that the
+// generated typed client, informer and lister work with it.
+package crd
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+
+	"spawner.dev/apis/lifecycle"
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/clustertest"
+	"spawner.dev/generated/clientset/versioned"
+	"spawner.dev/generated/informers/externalversions"
+)
+
+func backend(name string) *spawnerv1.SessionLivedBackend {
+	return &spawnerv1.SessionLivedBackend{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: spawnerv1.SessionLivedBackendSpec{Template: spawnerv1.BackendPodTemplate{
+			Containers: []corev1.Container{{Name: "app", Image: "localhost/spawner-demo:dev"}},
+		}},
+	}
+}
+
+func TestSlabRoundTripsThroughTypedClientInformerAndStatus(t *testing.T) {
+	cfg := clustertest.Config(t)
+	clustertest.EnsureCRD(t, cfg)
+	ns := clustertest.Namespace(t, cfg)
+	client := versioned.NewForConfigOrDie(cfg)
+	ctx := context.Background()
+
+	created, err := client.SpawnerV1().SessionLivedBackends(ns).Create(ctx, backend("round-trip"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.Spec.HTTPPort != 8080 || created.Spec.GracePeriodSeconds == nil || *created.Spec.GracePeriodSeconds != 300 {
+		t.Errorf("defaults not applied by the schema: httpPort %d, gracePeriodSeconds %v", created.Spec.HTTPPort, created.Spec.GracePeriodSeconds)
+	}
+
+	factory := externalversions.NewSharedInformerFactoryWithOptions(client, 0, externalversions.WithNamespace(ns))
+	lister := factory.Spawner().V1().SessionLivedBackends().Lister()
+	stop := make(chan struct{})
+	defer close(stop)
+	factory.Start(stop)
+	for typ, ok := range factory.WaitForCacheSync(stop) {
+		if !ok {
+			t.Fatalf("informer for %v never synced", typ)
+		}
+	}
+	fromCache, err := lister.SessionLivedBackends(ns).Get("round-trip")
+	if err != nil {
+		t.Fatalf("lister after sync: %v", err)
+	}
+	if fromCache.UID != created.UID {
+		t.Fatalf("lister returned uid %s, want %s", fromCache.UID, created.UID)
+	}
+
+	update := fromCache.DeepCopy()
+	lifecycle.Record(&update.Status, lifecycle.ConditionScheduled, lifecycle.ReasonScheduled, "on node x", update.Generation)
+	update.Status.NodeName = "node-x"
+	update.Status.URL = "http://example.test/p/round-trip/"
+	if _, err := client.SpawnerV1().SessionLivedBackends(ns).UpdateStatus(ctx, update, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("UpdateStatus: %v", err)
+	}
+	clustertest.Eventually(t, 10*time.Second, "status update seen by the informer", func() (bool, error) {
+		got, err := lister.SessionLivedBackends(ns).Get("round-trip")
+		return err == nil && got.Status.Phase == lifecycle.Scheduled && got.Status.NodeName == "node-x", err
+	})
+
+	// A status write through the main resource is ignored: status has its own subresource.
+	got, _ := client.SpawnerV1().SessionLivedBackends(ns).Get(ctx, "round-trip", metav1.GetOptions{})
+	got.Status.Phase = lifecycle.Failed
+	got.Spec.Key = "changed"
+	updated, err := client.SpawnerV1().SessionLivedBackends(ns).Update(ctx, got, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if updated.Status.Phase != lifecycle.Scheduled || updated.Spec.Key != "changed" {
+		t.Errorf("after Update: phase %s key %q; want the status untouched and the spec changed", updated.Status.Phase, updated.Spec.Key)
+	}
+
+	all, err := lister.List(labels.Everything())
+	if err != nil || len(all) != 1 {
+		t.Errorf("lister List = %d items, %v", len(all), err)
+	}
+}
+
+func TestOriginalSpawnerManifestIsAcceptedUnchanged(t *testing.T) {
+	cfg := clustertest.Config(t)
+	clustertest.EnsureCRD(t, cfg)
+	ns := clustertest.Namespace(t, cfg)
+	original := []byte(`{"apiVersion":"spawner.dev/v1","kind":"SessionLivedBackend","metadata":{"name":"original"},
+		"spec":{"template":{"containers":[{"name":"app","image":"ghcr.io/example/app:1"}]},"gracePeriodSeconds":300,"httpPort":8080}}`)
+	result := kubernetes.NewForConfigOrDie(cfg).CoreV1().RESTClient().Post().
+		AbsPath("/apis/spawner.dev/v1/namespaces", ns, "sessionlivedbackends").
+		Body(original).SetHeader("Content-Type", "application/json").Do(context.Background())
+	if err := result.Error(); err != nil {
+		t.Fatalf("creating the original Spawner manifest: %v", err)
+	}
+	var got spawnerv1.SessionLivedBackend
+	raw, _ := result.Raw()
+	json.Unmarshal(raw, &got)
+	if got.Spec.HTTPPort != 8080 || *got.Spec.GracePeriodSeconds != 300 || got.Spec.Template.Containers[0].Image != "ghcr.io/example/app:1" {
+		t.Errorf("stored spec differs from what was sent: %+v", got.Spec)
+	}
+}
+
+func TestSchemaRejectsInvalidBackendsNamingTheField(t *testing.T) {
+	cfg := clustertest.Config(t)
+	clustertest.EnsureCRD(t, cfg)
+	ns := clustertest.Namespace(t, cfg)
+	client := versioned.NewForConfigOrDie(cfg).SpawnerV1().SessionLivedBackends(ns)
+	negative := int64(-5)
+	cases := map[string]struct {
+		mutate    func(*spawnerv1.SessionLivedBackend)
+		wantField string
+	}{
+		"port above 65535":      {func(b *spawnerv1.SessionLivedBackend) { b.Spec.HTTPPort = 70000 }, "spec.httpPort"},
+		"negative grace period": {func(b *spawnerv1.SessionLivedBackend) { b.Spec.GracePeriodSeconds = &negative }, "spec.gracePeriodSeconds"},
+		"negative max lifetime": {func(b *spawnerv1.SessionLivedBackend) { b.Spec.MaxLifetimeSeconds = &negative }, "spec.maxLifetimeSeconds"},
+		"no containers":         {func(b *spawnerv1.SessionLivedBackend) { b.Spec.Template.Containers = []corev1.Container{} }, "spec.template.containers"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := backend("invalid")
+			tc.mutate(b)
+			_, err := client.Create(context.Background(), b, metav1.CreateOptions{})
+			if err == nil {
+				client.Delete(context.Background(), "invalid", metav1.DeleteOptions{})
+				t.Fatal("the API server accepted an invalid backend")
+			}
+			if !strings.Contains(err.Error(), tc.wantField) {
+				t.Errorf("error %q does not name %s", err, tc.wantField)
+			}
+		})
+	}
+
+	t.Run("unknown phase in status", func(t *testing.T) {
+		created, err := client.Create(context.Background(), backend("phase"), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created.Status.Phase = "Exploded"
+		_, err = client.UpdateStatus(context.Background(), created, metav1.UpdateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "status.phase") {
+			t.Errorf("UpdateStatus with an unknown phase: err %v, want a rejection naming status.phase", err)
+		}
+	})
+}
+
+func TestPrinterColumnsShowPhaseNodeURLAndAge(t *testing.T) {
+	cfg := clustertest.Config(t)
+	clustertest.EnsureCRD(t, cfg)
+	ns := clustertest.Namespace(t, cfg)
+	client := versioned.NewForConfigOrDie(cfg).SpawnerV1().SessionLivedBackends(ns)
+	created, err := client.Create(context.Background(), backend("columns"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lifecycle.Record(&created.Status, lifecycle.ConditionRunning, lifecycle.ReasonContainersStarted, "", created.Generation)
+	created.Status.NodeName, created.Status.URL = "node-y", "http://example.test/p/columns/"
+	if _, err := client.UpdateStatus(context.Background(), created, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same request kubectl makes for `kubectl get slab`.
+	raw, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().RESTClient().Get().
+		AbsPath("/apis/spawner.dev/v1/namespaces", ns, "sessionlivedbackends").
+		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table metav1.Table
+	if err := json.Unmarshal(raw, &table); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range table.ColumnDefinitions {
+		names = append(names, c.Name)
+	}
+	if got := strings.Join(names, ","); got != "Name,Phase,Node,URL,Age" {
+		t.Fatalf("columns %s, want Name,Phase,Node,URL,Age", got)
+	}
+	if len(table.Rows) != 1 {
+		t.Fatalf("%d rows, want 1", len(table.Rows))
+	}
+	cells := table.Rows[0].Cells
+	if cells[1] != "Running" || cells[2] != "node-y" || cells[3] != "http://example.test/p/columns/" {
+		t.Errorf("row %v, want phase Running, node node-y and the URL", cells)
+	}
+}
