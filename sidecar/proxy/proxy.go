@@ -525,4 +525,3 @@ func plainCopy(dst io.Writer, src io.Reader, observe func([]byte)) error {
 		}
 	}
 }
-

@@ -55,7 +55,9 @@ func newStack(t *testing.T, app http.Handler) *stack {
 	return s
 }
 
-func (s *stack) wsURL(path string) string { return "ws" + strings.TrimPrefix(s.public.URL, "http") + path }
+func (s *stack) wsURL(path string) string {
+	return "ws" + strings.TrimPrefix(s.public.URL, "http") + path
+}
 
 // metric returns one sample line's value from the registry.
 func (s *stack) metric(t *testing.T, series string) string {

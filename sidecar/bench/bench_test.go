@@ -1,0 +1,292 @@
+// Package bench measures the sidecar against a direct connection to the same
+// app, in the same run, and prints the ratios docs/sidecar.md reports.
+//
+// The app and the sidecar run as separate processes (this test binary
+// re-executed in another role) so that the sidecar's RSS is its own and the
+// scheduler sees the same processes as in a pod. Run it with ./run.sh; plain
+// `go test` skips it.
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"spawner.dev/sidecar/server"
+)
+
+const roleEnv = "SIDECAR_BENCH_ROLE"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(roleEnv) {
+	case "app":
+		runApp(os.Getenv("SIDECAR_BENCH_APP_ADDR"))
+	case "sidecar":
+		port := func(name string) int { n, _ := strconv.Atoi(os.Getenv(name)); return n }
+		err := server.Run(context.Background(), server.Config{
+			ServePort:    port("SIDECAR_BENCH_SERVE_PORT"),
+			UpstreamPort: port("SIDECAR_BENCH_UPSTREAM_PORT"),
+			StatusPort:   port("SIDECAR_BENCH_STATUS_PORT"),
+			ProcNet:      "/proc/net",
+			Host:         "127.0.0.1",
+		})
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	default:
+		os.Exit(m.Run())
+	}
+}
+
+// runApp is the benchmark app: a tiny GET handler and a WebSocket echo.
+func runApp(addr string) {
+	hello := []byte("hello, world\n")
+	upgrader := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 4096}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write(hello)
+	})
+	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+		c, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			typ, msg, err := c.ReadMessage()
+			if err != nil || c.WriteMessage(typ, msg) != nil {
+				return
+			}
+		}
+	})
+	fmt.Fprintln(os.Stderr, http.ListenAndServe(addr, mux))
+	os.Exit(1)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func start(t *testing.T, role string, env ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), append(env, roleEnv+"="+role)...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+	}
+	t.Fatalf("%s never answered", url)
+}
+
+type httpResult struct{ rps, p99ms float64 }
+
+var (
+	wrkRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkP99 = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
+)
+
+func runWrk(t *testing.T, url string, d time.Duration) httpResult {
+	t.Helper()
+	out, err := exec.Command("wrk", "-t2", "-c32", "-d"+d.String(), "--latency", url).CombinedOutput()
+	if err != nil {
+		t.Fatalf("wrk: %v\n%s", err, out)
+	}
+	rps := wrkRPS.FindSubmatch(out)
+	p99 := wrkP99.FindSubmatch(out)
+	if rps == nil || p99 == nil {
+		t.Fatalf("cannot parse wrk output:\n%s", out)
+	}
+	var r httpResult
+	r.rps, _ = strconv.ParseFloat(string(rps[1]), 64)
+	r.p99ms, _ = strconv.ParseFloat(string(p99[1]), 64)
+	switch string(p99[2]) {
+	case "us":
+		r.p99ms /= 1000
+	case "s":
+		r.p99ms *= 1000
+	}
+	return r
+}
+
+// wsEcho runs conns clients that each send a 1 KiB message and wait for its
+// echo, for d, and returns echoed messages per second.
+func wsEcho(t *testing.T, url string, conns int, d time.Duration) float64 {
+	t.Helper()
+	msg := make([]byte, 1024)
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	stop := time.Now().Add(d)
+	for i := 0; i < conns; i++ {
+		c, _, err := websocket.DefaultDialer.Dial(url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			n := int64(0)
+			for time.Now().Before(stop) {
+				if c.WriteMessage(websocket.BinaryMessage, msg) != nil {
+					break
+				}
+				if _, _, err := c.ReadMessage(); err != nil {
+					break
+				}
+				n++
+			}
+			total.Add(n)
+		}()
+	}
+	start := time.Now()
+	wg.Wait()
+	return float64(total.Load()) / time.Since(start).Seconds()
+}
+
+func rssKiB(t *testing.T, pid int) int {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.Fields(v)[0])
+			return n
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func TestFigures(t *testing.T) {
+	if os.Getenv("SIDECAR_BENCH") == "" {
+		t.Skip("set SIDECAR_BENCH=1 (or use run.sh) to measure")
+	}
+	rounds, _ := strconv.Atoi(os.Getenv("SIDECAR_BENCH_ROUNDS"))
+	if rounds <= 0 {
+		rounds = 3
+	}
+	appPort, servePort, statusPort := freePort(t), freePort(t), freePort(t)
+	start(t, "app", fmt.Sprintf("SIDECAR_BENCH_APP_ADDR=127.0.0.1:%d", appPort))
+	sidecar := start(t, "sidecar",
+		fmt.Sprintf("SIDECAR_BENCH_SERVE_PORT=%d", servePort),
+		fmt.Sprintf("SIDECAR_BENCH_UPSTREAM_PORT=%d", appPort),
+		fmt.Sprintf("SIDECAR_BENCH_STATUS_PORT=%d", statusPort))
+	direct := fmt.Sprintf("127.0.0.1:%d", appPort)
+	proxied := fmt.Sprintf("127.0.0.1:%d", servePort)
+	waitHTTP(t, "http://"+direct+"/")
+	waitHTTP(t, "http://"+proxied+"/")
+
+	var report strings.Builder
+	fmt.Fprintf(&report, "rounds: %d (median of each; direct and sidecar alternate)\n\n", rounds)
+	fmt.Fprintf(&report, "| measure | direct | sidecar | ratio | target |\n| --- | --- | --- | --- | --- |\n")
+
+	if _, err := exec.LookPath("wrk"); err != nil {
+		fmt.Fprintf(&report, "| HTTP (wrk missing) | | | | |\n")
+	} else {
+		runWrk(t, "http://"+direct+"/", 2*time.Second) // warm-up both paths
+		runWrk(t, "http://"+proxied+"/", 2*time.Second)
+		var dRPS, sRPS, dP99, sP99 []float64
+		for i := 0; i < rounds; i++ {
+			d := runWrk(t, "http://"+direct+"/", 5*time.Second)
+			s := runWrk(t, "http://"+proxied+"/", 5*time.Second)
+			dRPS, sRPS = append(dRPS, d.rps), append(sRPS, s.rps)
+			dP99, sP99 = append(dP99, d.p99ms), append(sP99, s.p99ms)
+			t.Logf("round %d: direct %.0f req/s p99 %.3f ms; sidecar %.0f req/s p99 %.3f ms", i, d.rps, d.p99ms, s.rps, s.p99ms)
+		}
+		fmt.Fprintf(&report, "| HTTP req/s, wrk -t2 -c32, small GET | %.0f | %.0f | %.2f× | ≥ 0.5× |\n",
+			median(dRPS), median(sRPS), median(sRPS)/median(dRPS))
+		fmt.Fprintf(&report, "| HTTP p99 latency | %.3f ms | %.3f ms | +%.3f ms | ≤ +0.3 ms |\n",
+			median(dP99), median(sP99), median(sP99)-median(dP99))
+	}
+
+	var dWS, sWS []float64
+	for i := 0; i < rounds; i++ {
+		d := wsEcho(t, "ws://"+direct+"/ws", 32, 3*time.Second)
+		s := wsEcho(t, "ws://"+proxied+"/ws", 32, 3*time.Second)
+		dWS, sWS = append(dWS, d), append(sWS, s)
+		t.Logf("round %d: WebSocket echo direct %.0f msg/s, sidecar %.0f msg/s", i, d, s)
+	}
+	fmt.Fprintf(&report, "| WebSocket echo msg/s, 32 sockets, 1 KiB | %.0f | %.0f | %.2f× | ≥ 0.8× |\n",
+		median(dWS), median(sWS), median(sWS)/median(dWS))
+
+	// Idle sockets: RSS of the sidecar process with 1000 open, after a GC
+	// cycle has had the chance to return the echo benchmark's buffers.
+	time.Sleep(2 * time.Second)
+	before := rssKiB(t, sidecar.Process.Pid)
+	var idle []*websocket.Conn
+	for i := 0; i < 1000; i++ {
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+proxied+"/ws", nil)
+		if err != nil {
+			t.Fatalf("socket %d: %v", i, err)
+		}
+		idle = append(idle, c)
+	}
+	time.Sleep(3 * time.Second)
+	with := rssKiB(t, sidecar.Process.Pid)
+	status, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", statusPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(status.Body)
+	status.Body.Close()
+	if !strings.Contains(string(body), "sidecar_websockets 1000\n") {
+		t.Errorf("sidecar does not see 1000 sockets:\n%s", body)
+	}
+	for _, c := range idle {
+		c.Close()
+	}
+	fmt.Fprintf(&report, "| sidecar RSS, 1000 idle WebSockets | | %.1f MiB (%.1f MiB before opening them) | | ≤ 20 MiB |\n",
+		float64(with)/1024, float64(before)/1024)
+
+	t.Log("\n" + report.String())
+	if out := os.Getenv("SIDECAR_BENCH_OUT"); out != "" {
+		if err := os.WriteFile(out, []byte(report.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
