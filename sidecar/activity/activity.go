@@ -101,6 +101,9 @@ func (t *Tracker) idleSockets(now time.Time) (idle int, lastData int64) {
 	return idle, lastData
 }
 
+// Ready reports whether the app was last seen listening.
+func (t *Tracker) Ready() bool { return t.ready.Load() }
+
 // SetReady records whether the app listens; it notifies only on a flip.
 func (t *Tracker) SetReady(ready bool) {
 	if t.ready.Swap(ready) != ready {

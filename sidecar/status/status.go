@@ -18,7 +18,7 @@ import (
 const (
 	// MinEventInterval coalesces bursts: after an event, further changes wait
 	// this long and go out as one event with the latest state. The first
-	// change after a quiet period goes out at once.
+	// change after a quiet period, and any readiness flip, go out at once.
 	MinEventInterval = 200 * time.Millisecond
 	KeepAliveEvery   = 15 * time.Second
 )
@@ -87,11 +87,20 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 	if !send(true) {
 		return
 	}
+	lastSent = time.Time{} // the initial state is not a change: the next one goes out at once
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case <-changed:
+			// A readiness flip skips the window: the sweeper's Ready fast path
+			// waits on it, and it happens at most once per poll.
+			if h.Tracker.Ready() != last.Ready {
+				if !send(false) {
+					return
+				}
+				continue
+			}
 			if pending {
 				continue
 			}

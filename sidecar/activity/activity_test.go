@@ -1,0 +1,117 @@
+package activity
+
+import (
+	"testing"
+	"time"
+)
+
+func TestCountsAndLastActive(t *testing.T) {
+	tr := New(0)
+	if s := tr.Snapshot(); s.LiveConnections != 0 || s.Ready {
+		t.Fatalf("fresh: %+v", s)
+	}
+	tr.RequestStarted()
+	ws := tr.SocketOpened()
+	s := tr.Snapshot()
+	if s.InFlightRequests != 1 || s.WebSockets != 1 || s.LiveConnections != 2 || s.SecondsSinceActive != 0 {
+		t.Fatalf("busy: %+v", s)
+	}
+	if time.Since(s.LastActive) > time.Second {
+		t.Fatalf("last_active while busy should be now, got %v", s.LastActive)
+	}
+	tr.RequestFinished()
+	before := time.Now()
+	ws.Closed()
+	s = tr.Snapshot()
+	if s.LiveConnections != 0 || s.WebSockets != 0 || s.InFlightRequests != 0 {
+		t.Fatalf("idle: %+v", s)
+	}
+	if s.LastActive.Before(before.Add(-time.Millisecond)) || s.LastActive.After(time.Now()) {
+		t.Fatalf("last_active %v is not when the socket closed (~%v)", s.LastActive, before)
+	}
+	// Time passing while idle is not a change of state.
+	later := tr.snapshot(time.Now().Add(90 * time.Second))
+	if later.SecondsSinceActive < 89 || !later.SameState(s) {
+		t.Fatalf("later: %+v vs %+v", later, s)
+	}
+}
+
+func TestSubscribeNotifiesAndCoalesces(t *testing.T) {
+	tr := New(0)
+	ch, cancel := tr.Subscribe()
+	ch2, cancel2 := tr.Subscribe()
+	defer cancel2()
+	tr.RequestStarted()
+	tr.RequestFinished() // two changes, one pending signal
+	for _, c := range []<-chan struct{}{ch, ch2} {
+		select {
+		case <-c:
+		default:
+			t.Fatal("no signal")
+		}
+		select {
+		case <-c:
+			t.Fatal("signals were not collapsed")
+		default:
+		}
+	}
+	tr.SetReady(true)
+	<-ch
+	tr.SetReady(true) // no flip, no signal
+	select {
+	case <-ch:
+		t.Fatal("signal without a change")
+	default:
+	}
+	cancel()
+	tr.SetReady(false)
+	select {
+	case <-ch:
+		t.Fatal("signal after unsubscribe")
+	default:
+	}
+	<-ch2
+}
+
+func TestIdleWebSockets(t *testing.T) {
+	tr := New(100 * time.Millisecond)
+	ch, cancel := tr.Subscribe()
+	defer cancel()
+	ws := tr.SocketOpened()
+	<-ch
+	if s := tr.Snapshot(); s.LiveConnections != 1 {
+		t.Fatalf("new socket not live: %+v", s)
+	}
+	time.Sleep(150 * time.Millisecond)
+	s := tr.Snapshot()
+	if s.LiveConnections != 0 || s.WebSockets != 1 {
+		t.Fatalf("socket without data should be idle: %+v", s)
+	}
+	tr.CheckIdle() // going idle is announced
+	select {
+	case <-ch:
+	default:
+		t.Fatal("no signal when the socket went idle")
+	}
+	ws.DataSeen(time.Now()) // back in use: announced too
+	select {
+	case <-ch:
+	default:
+		t.Fatal("no signal when the socket came back")
+	}
+	if s := tr.Snapshot(); s.LiveConnections != 1 {
+		t.Fatalf("socket with fresh data not live: %+v", s)
+	}
+}
+
+func BenchmarkRequest(b *testing.B) {
+	tr := New(0)
+	_, cancel := tr.Subscribe()
+	defer cancel()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			tr.RequestStarted()
+			tr.RequestFinished()
+		}
+	})
+}
