@@ -1,0 +1,277 @@
+package sweeper
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// target is what the sweeper needs to know about one backend pod.
+type target struct {
+	uid       types.UID
+	namespace string
+	slab      string // the SessionLivedBackend's name (pod label spawner.dev/backend)
+	addr      string // podIP:statusPort
+	grace     time.Duration
+}
+
+// idleDeadline says when a backend may be swept given the sidecar's latest
+// state: grace after it was last active (never before it became ready, so a
+// slow-starting app gets its full grace once it listens). ok is false while
+// anything is live: such a backend has no deadline.
+func idleDeadline(ev Event, readySince time.Time, grace time.Duration) (deadline time.Time, ok bool) {
+	if ev.LiveConnections > 0 {
+		return time.Time{}, false
+	}
+	base := ev.LastActive
+	if readySince.After(base) {
+		base = readySince
+	}
+	return base.Add(grace), true
+}
+
+// backend follows one pod's sidecar: one goroutine (run) reads its /_events
+// stream; one timer waits for its idle deadline.
+type backend struct {
+	s      *Sweeper
+	key    string
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+	log    *slog.Logger
+
+	mu         sync.Mutex
+	t          target
+	cur        *stream   // the open stream, nil while (re)connecting
+	live       bool      // cur has delivered an event: last is the sidecar's current state
+	last       Event     // the latest state from a live stream
+	readyDone  bool      // the slab's Ready is recorded (by us or before us)
+	readySince time.Time // when the slab became Ready, as far as we know
+	ended      bool      // slab gone, swept or failed: nothing left to decide
+	sweeping   bool      // fire is confirming or writing
+	timer      Timer
+	timerGen   uint64
+}
+
+func newBackend(s *Sweeper, key string, t target) *backend {
+	ctx, cancel := context.WithCancel(s.ctx)
+	return &backend{
+		s: s, key: key, ctx: ctx, cancel: cancel, done: make(chan struct{}), t: t,
+		log: s.log.With("backend", key),
+	}
+}
+
+// stop ends the stream and the timer; run returns soon after.
+func (b *backend) stop() {
+	b.cancel()
+	b.mu.Lock()
+	b.ended = true
+	b.stopTimerLocked()
+	b.mu.Unlock()
+}
+
+func (b *backend) setGrace(g time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.t.grace != g {
+		b.t.grace = g
+		b.rearmLocked()
+	}
+}
+
+// run holds the stream open for as long as the pod is followed, reconnecting
+// with capped backoff. A lost stream never counts as idleness: while it is
+// down no timer runs, and a deadline can only be armed again from a fresh
+// event on a new stream.
+func (b *backend) run() {
+	defer close(b.done)
+	bo := newBackoff(b.s.cfg.BackoffMin, b.s.cfg.BackoffMax)
+	for {
+		got, err := b.streamOnce()
+		if b.ctx.Err() != nil {
+			return
+		}
+		if got {
+			bo.Reset()
+		}
+		b.s.m.reconnects.Inc()
+		d := bo.Next()
+		b.log.Debug("status stream lost; reconnecting", "err", err, "in", d)
+		t := time.NewTimer(d)
+		select {
+		case <-b.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// streamOnce opens one stream and feeds its events until it ends. got says
+// whether it delivered any event (a working connection resets the backoff).
+func (b *backend) streamOnce() (got bool, err error) {
+	b.mu.Lock()
+	addr := b.t.addr
+	b.mu.Unlock()
+	st, err := openStream(b.ctx, addr, b.s.cfg.ConnectTimeout, b.s.cfg.ReadIdle)
+	if err != nil {
+		return false, err
+	}
+	b.s.m.streamsOpen.Inc()
+	b.mu.Lock()
+	b.cur = st
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		b.cur, b.live = nil, false
+		b.stopTimerLocked()
+		b.mu.Unlock()
+		st.Close()
+		b.s.m.streamsOpen.Dec()
+	}()
+	for {
+		ev, err := st.Next()
+		if err != nil {
+			return got, err
+		}
+		got = true
+		b.handle(ev, b.s.clock.Now())
+	}
+}
+
+// handle takes one state report from the live stream.
+func (b *backend) handle(ev Event, received time.Time) {
+	b.mu.Lock()
+	b.last, b.live = ev, true
+	needReady := ev.Ready && !b.readyDone && !b.ended
+	b.mu.Unlock()
+	if needReady {
+		b.s.markReady(b, ev, received)
+	}
+	b.mu.Lock()
+	b.rearmLocked()
+	b.mu.Unlock()
+}
+
+// readyRecorded is markReady's outcome.
+func (b *backend) readyRecorded(since time.Time, ended bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.readyDone = true
+	b.readySince = since
+	b.ended = b.ended || ended
+}
+
+func (b *backend) stopTimerLocked() {
+	b.timerGen++
+	if b.timer != nil {
+		b.timer.Stop()
+		b.timer = nil
+	}
+}
+
+// rearmLocked replaces the idle timer according to the latest state: armed
+// only while the stream is live, the slab is Ready and nothing is live.
+func (b *backend) rearmLocked() {
+	b.stopTimerLocked()
+	if !b.live || b.ended || b.sweeping {
+		return
+	}
+	if !b.readyDone {
+		if b.last.Ready {
+			// Recording Ready failed (API trouble); try again shortly.
+			b.armLocked(b.s.cfg.RetryDelay, b.retryReady)
+		}
+		return
+	}
+	deadline, ok := idleDeadline(b.last, b.readySince, b.t.grace)
+	if !ok {
+		return
+	}
+	gen := b.timerGen
+	b.armLocked(max(deadline.Sub(b.s.clock.Now()), 0), func() { b.fire(gen) })
+}
+
+func (b *backend) armLocked(d time.Duration, f func()) {
+	b.timer = b.s.clock.AfterFunc(d, f)
+}
+
+func (b *backend) retryReady() {
+	b.mu.Lock()
+	ev, live := b.last, b.live
+	b.mu.Unlock()
+	if live && b.ctx.Err() == nil {
+		b.handle(ev, b.s.clock.Now())
+	}
+}
+
+// fire runs at the idle deadline. It sweeps only after a fresh read of the
+// sidecar's state (a new connection's first event) agrees that the backend
+// has been idle for its grace period: a stream that went silent without
+// breaking (a dropped network path) cannot make a stale "idle" look current.
+func (b *backend) fire(gen uint64) {
+	b.mu.Lock()
+	if gen != b.timerGen || !b.live || b.ended || b.sweeping || b.ctx.Err() != nil {
+		b.mu.Unlock()
+		return
+	}
+	deadline, ok := idleDeadline(b.last, b.readySince, b.t.grace)
+	if !ok {
+		b.mu.Unlock()
+		return
+	}
+	if b.s.clock.Now().Before(deadline) {
+		b.rearmLocked()
+		b.mu.Unlock()
+		return
+	}
+	b.sweeping = true
+	t, readySince := b.t, b.readySince
+	b.mu.Unlock()
+
+	ev, err := readOnce(b.ctx, t.addr, b.s.cfg.ConfirmTimeout)
+	if err != nil {
+		// Not readable now: not idle as far as we know. Drop the stream
+		// (it may be a silent dead one) and decide again from a new one.
+		b.s.m.confirmFailures.Inc()
+		b.log.Info("idle deadline reached but the sidecar is unreachable; not sweeping", "err", err)
+		b.mu.Lock()
+		b.sweeping = false
+		cur := b.cur
+		b.mu.Unlock()
+		if cur != nil {
+			cur.Close()
+		}
+		return
+	}
+	deadline, ok = idleDeadline(ev, readySince, t.grace)
+	if !ok || b.s.clock.Now().Before(deadline) {
+		// Activity the stream had not delivered yet; it will.
+		b.mu.Lock()
+		b.sweeping = false
+		if b.live {
+			b.last = ev
+		}
+		b.rearmLocked()
+		b.mu.Unlock()
+		return
+	}
+	_, err = b.s.markSwept(b.ctx, t, ev)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sweeping = false
+	if err != nil {
+		if b.ctx.Err() == nil {
+			b.log.Error("recording Swept failed; retrying", "err", err)
+			b.stopTimerLocked()
+			g := b.timerGen
+			b.armLocked(b.s.cfg.RetryDelay, func() { b.fire(g) })
+		}
+		return
+	}
+	b.ended = true
+	b.stopTimerLocked()
+}

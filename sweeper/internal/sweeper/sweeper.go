@@ -1,0 +1,372 @@
+// Package sweeper is the node-local half of spawner's lifecycle: it follows
+// the sidecar of every backend pod on its node, records a slab Ready the
+// moment its app listens, and sweeps it once idle for its grace period.
+// docs/sweeper.md describes the design.
+package sweeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"spawner.dev/apis/lifecycle"
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/metrics"
+	"spawner.dev/generated/clientset/versioned"
+)
+
+// Config holds the sweeper's settings; zero fields take the defaults below.
+type Config struct {
+	// NodeName is the node whose backend pods are followed (required).
+	NodeName string
+	// StatusPort is the sidecar's status port (default 9091).
+	StatusPort int
+	// BackoffMin and BackoffMax bound the reconnect delay (100 ms, 5 s).
+	BackoffMin, BackoffMax time.Duration
+	// ConnectTimeout bounds connecting and reading the response header (2 s).
+	ConnectTimeout time.Duration
+	// ReadIdle is the longest silence on a stream before it is dropped and
+	// reopened (35 s: two of the sidecar's 15 s keep-alives and some slack).
+	ReadIdle time.Duration
+	// ConfirmTimeout bounds the fresh read made before a sweep (2 s).
+	ConfirmTimeout time.Duration
+	// RetryDelay spaces retries of failed status writes (1 s).
+	RetryDelay time.Duration
+	// Resync is the pod informer's resync period (0: none).
+	Resync time.Duration
+}
+
+func (c *Config) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.StatusPort == 0 {
+		c.StatusPort = spawnerv1.SidecarStatusPort
+	}
+	def(&c.BackoffMin, 100*time.Millisecond)
+	def(&c.BackoffMax, 5*time.Second)
+	def(&c.ConnectTimeout, 2*time.Second)
+	def(&c.ReadIdle, 35*time.Second)
+	def(&c.ConfirmTimeout, 2*time.Second)
+	def(&c.RetryDelay, time.Second)
+}
+
+// Sweeper follows the backends on one node.
+type Sweeper struct {
+	cfg   Config
+	slabs versioned.Interface
+	clock Clock
+	log   *slog.Logger
+	m     *sweeperMetrics
+	ctx   context.Context
+
+	mu       sync.Mutex
+	backends map[string]*backend // by pod namespace/name
+}
+
+// New returns a sweeper; reg receives its metrics (nil: a private registry).
+func New(cfg Config, slabs versioned.Interface, clock Clock, log *slog.Logger, reg *metrics.Registry) *Sweeper {
+	cfg.defaults()
+	if clock == nil {
+		clock = RealClock
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	if reg == nil {
+		reg = metrics.NewRegistry()
+	}
+	s := &Sweeper{cfg: cfg, slabs: slabs, clock: clock, log: log, ctx: context.Background(), backends: map[string]*backend{}}
+	s.m = newMetrics(reg, s.count)
+	return s
+}
+
+func (s *Sweeper) count() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return float64(len(s.backends))
+}
+
+// PodListOptions selects the spawner backend pods on a node; the informer
+// lists and watches nothing else.
+func PodListOptions(node string) func(*metav1.ListOptions) {
+	return func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
+		o.LabelSelector = labels.SelectorFromSet(labels.Set{spawnerv1.LabelManagedBy: spawnerv1.ManagedByValue}).String()
+	}
+}
+
+// Run watches the node's backend pods until ctx ends, then closes every
+// stream. ready is called once the informer has synced (may be nil).
+func (s *Sweeper) Run(ctx context.Context, kube kubernetes.Interface, ready func()) error {
+	if s.cfg.NodeName == "" {
+		return errors.New("sweeper: no node name")
+	}
+	s.ctx = ctx
+	factory := informers.NewSharedInformerFactoryWithOptions(kube, s.cfg.Resync,
+		informers.WithTweakListOptions(PodListOptions(s.cfg.NodeName)))
+	inf := factory.Core().V1().Pods().Informer()
+	inf.SetTransform(trimPod)
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.syncPod(obj) },
+		UpdateFunc: func(_, obj any) { s.syncPod(obj) },
+		DeleteFunc: func(obj any) { s.deletePod(obj) },
+	}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		s.stopAll()
+		return ctx.Err()
+	}
+	s.log.Info("watching backend pods", "node", s.cfg.NodeName)
+	if ready != nil {
+		ready()
+	}
+	<-ctx.Done()
+	factory.Shutdown()
+	s.stopAll()
+	return nil
+}
+
+// trimPod drops what the sweeper never reads (managed fields, specs of
+// volumes and the like) so 500 cached pods stay small.
+func trimPod(obj any) (any, error) {
+	if p, ok := obj.(*corev1.Pod); ok {
+		p.ManagedFields = nil
+		p.Spec = corev1.PodSpec{NodeName: p.Spec.NodeName}
+		p.Status.Conditions = nil
+	}
+	return obj, nil
+}
+
+func (s *Sweeper) stopAll() {
+	s.mu.Lock()
+	bs := make([]*backend, 0, len(s.backends))
+	for k, b := range s.backends {
+		bs = append(bs, b)
+		delete(s.backends, k)
+	}
+	s.mu.Unlock()
+	for _, b := range bs {
+		b.stop()
+	}
+	for _, b := range bs {
+		<-b.done
+	}
+}
+
+// targetOf says whether a pod is followed, and how. A pod is followed while
+// it has an IP, its sidecar runs, and it is neither finished nor being
+// deleted (those are the controller's business, never a sweep).
+func (s *Sweeper) targetOf(pod *corev1.Pod) (target, bool) {
+	slab := pod.Labels[spawnerv1.LabelBackend]
+	if slab == "" || pod.Labels[spawnerv1.LabelManagedBy] != spawnerv1.ManagedByValue {
+		return target{}, false
+	}
+	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return target{}, false
+	}
+	if pod.Status.PodIP == "" || !sidecarRunning(pod) {
+		return target{}, false
+	}
+	return target{
+		uid:       pod.UID,
+		namespace: pod.Namespace,
+		slab:      slab,
+		addr:      net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(s.cfg.StatusPort)),
+		grace:     gracePeriod(pod),
+	}, true
+}
+
+func sidecarRunning(pod *corev1.Pod) bool {
+	for _, cs := range pod.Status.ContainerStatuses {
+		if cs.Name == spawnerv1.SidecarContainerName {
+			return cs.State.Running != nil
+		}
+	}
+	return false
+}
+
+// gracePeriod reads the pod annotation the controller copies from the slab;
+// missing or malformed, it is the API default (never shorter).
+func gracePeriod(pod *corev1.Pod) time.Duration {
+	if v, ok := pod.Annotations[spawnerv1.AnnotationGracePeriodSeconds]; ok {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			return time.Duration(n) * time.Second
+		}
+	}
+	return time.Duration(spawnerv1.DefaultGracePeriodSeconds) * time.Second
+}
+
+func (s *Sweeper) syncPod(obj any) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	key := pod.Namespace + "/" + pod.Name
+	t, follow := s.targetOf(pod)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.backends[key]
+	if b != nil && (!follow || b.t.uid != t.uid || b.t.addr != t.addr || b.t.slab != t.slab) {
+		delete(s.backends, key)
+		b.stop()
+		b = nil
+	}
+	if !follow {
+		return
+	}
+	if b == nil {
+		s.startLocked(key, t)
+		return
+	}
+	b.setGrace(t.grace)
+}
+
+// startLocked begins following a backend.
+func (s *Sweeper) startLocked(key string, t target) *backend {
+	b := newBackend(s, key, t)
+	s.backends[key] = b
+	go b.run()
+	return b
+}
+
+func (s *Sweeper) deletePod(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	key := pod.Namespace + "/" + pod.Name
+	s.mu.Lock()
+	b := s.backends[key]
+	delete(s.backends, key)
+	s.mu.Unlock()
+	if b != nil {
+		b.stop()
+	}
+}
+
+// maxWriteAttempts bounds read-modify-write retries on conflicts.
+const maxWriteAttempts = 8
+
+// markReady is the fast path: one GET and one UpdateStatus recording Ready,
+// readyTime and lastActiveTime. On success (or when nothing is left to
+// record) it tells b when the slab became Ready.
+func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
+	b.mu.Lock()
+	t := b.t
+	b.mu.Unlock()
+	client := s.slabs.SpawnerV1().SessionLivedBackends(t.namespace)
+	for attempt := 1; ; attempt++ {
+		slab, err := client.Get(b.ctx, t.slab, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			b.log.Info("slab not found; not following its readiness or idleness")
+			b.readyRecorded(received, true)
+			return
+		}
+		if err != nil {
+			s.m.apiErrors.Inc()
+			b.log.Error("reading slab for Ready", "err", err)
+			return // rearm retries
+		}
+		phase := lifecycle.PhaseOf(slab.Status.Conditions)
+		if !lifecycle.CanRecord(phase, lifecycle.ConditionReady) {
+			b.readyRecorded(received, lifecycle.IsEnding(phase))
+			return
+		}
+		if !lifecycle.Record(&slab.Status, lifecycle.ConditionReady, lifecycle.ReasonAppListening,
+			"the application listens on its port", slab.Generation) {
+			// Already Ready (say, recorded before this sweeper restarted):
+			// its readyTime is second-rounded, so count from the second after.
+			since := received
+			if rt := slab.Status.ReadyTime; rt != nil {
+				since = rt.Add(time.Second)
+			}
+			b.readyRecorded(since, false)
+			return
+		}
+		now := metav1.NewTime(received)
+		slab.Status.ReadyTime = &now
+		last := metav1.NewTime(ev.LastActive)
+		slab.Status.LastActiveTime = &last
+		_, err = client.UpdateStatus(b.ctx, slab, metav1.UpdateOptions{})
+		if err == nil {
+			lat := s.clock.Now().Sub(received)
+			s.m.readyLatency.Observe(lat.Seconds())
+			s.m.readies.Inc()
+			b.log.Info("recorded Ready", "write", lat)
+			b.readyRecorded(received, false)
+			return
+		}
+		if apierrors.IsNotFound(err) {
+			b.readyRecorded(received, true)
+			return
+		}
+		if !apierrors.IsConflict(err) || attempt >= maxWriteAttempts {
+			s.m.apiErrors.Inc()
+			b.log.Error("recording Ready", "err", err)
+			return
+		}
+	}
+}
+
+// markSwept records Swept (reason Idle) and lastActiveTime in one status
+// write, unless the phase machine says the slab is past that. swept reports
+// whether this call recorded it.
+func (s *Sweeper) markSwept(ctx context.Context, t target, ev Event) (swept bool, err error) {
+	client := s.slabs.SpawnerV1().SessionLivedBackends(t.namespace)
+	idle := s.clock.Now().Sub(ev.LastActive).Round(time.Millisecond)
+	for attempt := 1; ; attempt++ {
+		slab, err := client.Get(ctx, t.slab, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			s.m.apiErrors.Inc()
+			return false, err
+		}
+		phase := lifecycle.PhaseOf(slab.Status.Conditions)
+		if !lifecycle.CanRecord(phase, lifecycle.ConditionSwept) {
+			return false, nil
+		}
+		if !lifecycle.Record(&slab.Status, lifecycle.ConditionSwept, lifecycle.ReasonIdle,
+			fmt.Sprintf("no connection or request for %s (grace period %s)", idle, t.grace), slab.Generation) {
+			return false, nil
+		}
+		last := metav1.NewTime(ev.LastActive)
+		slab.Status.LastActiveTime = &last
+		_, err = client.UpdateStatus(ctx, slab, metav1.UpdateOptions{})
+		if err == nil {
+			s.m.sweeps.Inc()
+			s.log.Info("swept idle backend", "backend", t.namespace+"/"+t.slab, "idle", idle, "grace", t.grace)
+			return true, nil
+		}
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if !apierrors.IsConflict(err) || attempt >= maxWriteAttempts {
+			s.m.apiErrors.Inc()
+			return false, err
+		}
+	}
+}
