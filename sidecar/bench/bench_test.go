@@ -1,21 +1,21 @@
 // Package bench measures the sidecar against a direct connection to the same
 // app, in the same run, and prints the ratios docs/sidecar.md reports.
 //
-// The app and the sidecar run as separate processes (this test binary
-// re-executed in another role) so that the sidecar's RSS is its own and the
-// scheduler sees the same processes as in a pod. Run it with ./run.sh; plain
+// The app (this test binary re-executed in the app role) and the sidecar (the
+// real binary, built by the test) run as separate processes, so the sidecar's
+// RSS is its own and the scheduler sees the same processes as in a pod. Run it with ./run.sh; plain
 // `go test` skips it.
 package bench
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -26,30 +26,15 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	"spawner.dev/sidecar/server"
 )
 
 const roleEnv = "SIDECAR_BENCH_ROLE"
 
 func TestMain(m *testing.M) {
-	switch os.Getenv(roleEnv) {
-	case "app":
+	if os.Getenv(roleEnv) == "app" {
 		runApp(os.Getenv("SIDECAR_BENCH_APP_ADDR"))
-	case "sidecar":
-		port := func(name string) int { n, _ := strconv.Atoi(os.Getenv(name)); return n }
-		err := server.Run(context.Background(), server.Config{
-			ServePort:    port("SIDECAR_BENCH_SERVE_PORT"),
-			UpstreamPort: port("SIDECAR_BENCH_UPSTREAM_PORT"),
-			StatusPort:   port("SIDECAR_BENCH_STATUS_PORT"),
-			ProcNet:      "/proc/net",
-			Host:         "127.0.0.1",
-		})
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	default:
-		os.Exit(m.Run())
 	}
+	os.Exit(m.Run())
 }
 
 // runApp is the benchmark app: a tiny GET handler and a WebSocket echo.
@@ -88,10 +73,10 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func start(t *testing.T, role string, env ...string) *exec.Cmd {
+func startApp(t *testing.T, env ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), append(env, roleEnv+"="+role)...)
+	cmd.Env = append(os.Environ(), append(env, roleEnv+"=app")...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -210,22 +195,42 @@ func TestFigures(t *testing.T) {
 	if rounds <= 0 {
 		rounds = 3
 	}
-	appPort, servePort, statusPort := freePort(t), freePort(t), freePort(t)
-	start(t, "app", fmt.Sprintf("SIDECAR_BENCH_APP_ADDR=127.0.0.1:%d", appPort))
-	sidecar := start(t, "sidecar",
-		fmt.Sprintf("SIDECAR_BENCH_SERVE_PORT=%d", servePort),
-		fmt.Sprintf("SIDECAR_BENCH_UPSTREAM_PORT=%d", appPort),
-		fmt.Sprintf("SIDECAR_BENCH_STATUS_PORT=%d", statusPort))
+	appPort := freePort(t)
+	startApp(t, fmt.Sprintf("SIDECAR_BENCH_APP_ADDR=127.0.0.1:%d", appPort))
 	direct := fmt.Sprintf("127.0.0.1:%d", appPort)
-	proxied := fmt.Sprintf("127.0.0.1:%d", servePort)
 	waitHTTP(t, "http://"+direct+"/")
-	waitHTTP(t, "http://"+proxied+"/")
+	// Two sidecars: one takes the load, the other only the idle sockets, so
+	// its RSS is not inflated by heap the load left behind.
+	bin := filepath.Join(t.TempDir(), "spawner-sidecar")
+	if out, err := exec.Command("go", "build", "-o", bin, "spawner.dev/sidecar").CombinedOutput(); err != nil {
+		t.Fatalf("building the sidecar: %v\n%s", err, out)
+	}
+	startSidecar := func() (cmd *exec.Cmd, public string, statusPort int) {
+		servePort, statusPort := freePort(t), freePort(t)
+		cmd = exec.Command(bin, "--listen-host=127.0.0.1", fmt.Sprintf("--serve-port=%d", servePort),
+			fmt.Sprintf("--upstream-port=%d", appPort), fmt.Sprintf("--status-port=%d", statusPort))
+		cmd.Env = append(os.Environ(), os.Getenv("SIDECAR_BENCH_SIDECAR_ENV")) // e.g. GOMAXPROCS=1
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		public = fmt.Sprintf("127.0.0.1:%d", servePort)
+		waitHTTP(t, "http://"+public+"/")
+		return cmd, public, statusPort
+	}
+	loaded, proxied, _ := startSidecar()
+	fresh, freshPublic, freshStatus := startSidecar()
 
 	var report strings.Builder
 	fmt.Fprintf(&report, "rounds: %d (median of each; direct and sidecar alternate)\n\n", rounds)
 	fmt.Fprintf(&report, "| measure | direct | sidecar | ratio | target |\n| --- | --- | --- | --- | --- |\n")
 
-	if _, err := exec.LookPath("wrk"); err != nil {
+	// SIDECAR_BENCH_ONLY_RSS=1 skips the load tests (for quick memory work).
+	onlyRSS := os.Getenv("SIDECAR_BENCH_ONLY_RSS") != ""
+	if onlyRSS {
+		rounds = 0
+	} else if _, err := exec.LookPath("wrk"); err != nil {
 		fmt.Fprintf(&report, "| HTTP (wrk missing) | | | | |\n")
 	} else {
 		runWrk(t, "http://"+direct+"/", 2*time.Second) // warm-up both paths
@@ -251,37 +256,47 @@ func TestFigures(t *testing.T) {
 		dWS, sWS = append(dWS, d), append(sWS, s)
 		t.Logf("round %d: WebSocket echo direct %.0f msg/s, sidecar %.0f msg/s", i, d, s)
 	}
-	fmt.Fprintf(&report, "| WebSocket echo msg/s, 32 sockets, 1 KiB | %.0f | %.0f | %.2f× | ≥ 0.8× |\n",
-		median(dWS), median(sWS), median(sWS)/median(dWS))
+	if !onlyRSS {
+		fmt.Fprintf(&report, "| WebSocket echo msg/s, 32 sockets, 1 KiB | %.0f | %.0f | %.2f× | ≥ 0.8× |\n",
+			median(dWS), median(sWS), median(sWS)/median(dWS))
+	}
 
-	// Idle sockets: RSS of the sidecar process with 1000 open, after a GC
-	// cycle has had the chance to return the echo benchmark's buffers.
-	time.Sleep(2 * time.Second)
-	before := rssKiB(t, sidecar.Process.Pid)
-	var idle []*websocket.Conn
-	for i := 0; i < 1000; i++ {
-		c, _, err := websocket.DefaultDialer.Dial("ws://"+proxied+"/ws", nil)
-		if err != nil {
-			t.Fatalf("socket %d: %v", i, err)
+	// Idle sockets: RSS of each sidecar process with 1000 open.
+	time.Sleep(2 * time.Second) // let the loaded one's GC and scavenger catch up
+	for _, sc := range []struct {
+		name       string
+		cmd        *exec.Cmd
+		public     string
+		statusPort int
+	}{{"fresh sidecar", fresh, freshPublic, freshStatus}, {"sidecar after the load above", loaded, proxied, 0}} {
+		before := rssKiB(t, sc.cmd.Process.Pid)
+		var idle []*websocket.Conn
+		for i := 0; i < 1000; i++ {
+			c, _, err := websocket.DefaultDialer.Dial("ws://"+sc.public+"/ws", nil)
+			if err != nil {
+				t.Fatalf("socket %d: %v", i, err)
+			}
+			idle = append(idle, c)
 		}
-		idle = append(idle, c)
+		time.Sleep(3 * time.Second)
+		with := rssKiB(t, sc.cmd.Process.Pid)
+		if sc.statusPort != 0 {
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", sc.statusPort))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(body), "sidecar_websockets 1000\n") {
+				t.Errorf("sidecar does not see 1000 sockets:\n%s", body)
+			}
+		}
+		for _, c := range idle {
+			c.Close()
+		}
+		fmt.Fprintf(&report, "| RSS with 1000 idle WebSockets, %s | | %.1f MiB (%.1f MiB before) | | ≤ 20 MiB |\n",
+			sc.name, float64(with)/1024, float64(before)/1024)
 	}
-	time.Sleep(3 * time.Second)
-	with := rssKiB(t, sidecar.Process.Pid)
-	status, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", statusPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(status.Body)
-	status.Body.Close()
-	if !strings.Contains(string(body), "sidecar_websockets 1000\n") {
-		t.Errorf("sidecar does not see 1000 sockets:\n%s", body)
-	}
-	for _, c := range idle {
-		c.Close()
-	}
-	fmt.Fprintf(&report, "| sidecar RSS, 1000 idle WebSockets | | %.1f MiB (%.1f MiB before opening them) | | ≤ 20 MiB |\n",
-		float64(with)/1024, float64(before)/1024)
 
 	t.Log("\n" + report.String())
 	if out := os.Getenv("SIDECAR_BENCH_OUT"); out != "" {

@@ -5,8 +5,10 @@
 package readiness
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/hex"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,31 +25,36 @@ const listenState = "0A"
 // (no IPv6) counts as empty.
 func Listening(procNet string, port int) (bool, error) {
 	for _, name := range []string{"tcp", "tcp6"} {
-		data, err := os.ReadFile(filepath.Join(procNet, name))
+		f, err := os.Open(filepath.Join(procNet, name))
 		if os.IsNotExist(err) {
 			continue
 		}
 		if err != nil {
 			return false, err
 		}
-		if listensIn(data, port) {
-			return true, nil
+		found, err := listensIn(f, port)
+		f.Close()
+		if found || err != nil {
+			return found, err
 		}
 	}
 	return false, nil
 }
 
-// listensIn scans one table. Lines look like
+// listensIn scans one table line by line without keeping it: on a node's
+// host network it can be megabytes, and it is read every 20 ms until ready.
+// Lines look like
 //
 //	sl  local_address rem_address   st tx_queue ...
 //	0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 ...
 //
 // with addresses as hex in host (little-endian) 32-bit words.
-func listensIn(table []byte, port int) bool {
-	lines := bytes.Split(table, []byte("\n"))
-	for _, line := range lines[1:] {
-		f := bytes.Fields(line)
-		if len(f) < 4 || string(f[3]) != listenState {
+func listensIn(table io.Reader, port int) (bool, error) {
+	sc := bufio.NewScanner(table)
+	sc.Scan() // header
+	for sc.Scan() {
+		var f [4][]byte
+		if fields(sc.Bytes(), f[:]) < 4 || string(f[3]) != listenState {
 			continue
 		}
 		addr, portHex, ok := bytes.Cut(f[1], []byte(":"))
@@ -58,10 +65,30 @@ func listensIn(table []byte, port int) bool {
 			continue
 		}
 		if ip := decodeAddr(addr); ip != nil && (ip.IsUnspecified() || ip.IsLoopback() && ip.To4() != nil) {
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, sc.Err()
+}
+
+// fields fills out with the first len(out) space-separated fields of line
+// and returns how many it found, without allocating.
+func fields(line []byte, out [][]byte) int {
+	n := 0
+	for n < len(out) {
+		line = bytes.TrimLeft(line, " ")
+		if len(line) == 0 {
+			break
+		}
+		end := bytes.IndexByte(line, ' ')
+		if end < 0 {
+			end = len(line)
+		}
+		out[n] = line[:end]
+		line = line[end:]
+		n++
+	}
+	return n
 }
 
 func decodeAddr(h []byte) net.IP {

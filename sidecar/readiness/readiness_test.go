@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -26,8 +27,8 @@ func TestListensIn(t *testing.T) {
 		{"garbage", "   0: zz:1F90 00000000:0000 0A", false},
 	}
 	for _, tc := range cases {
-		if got := listensIn([]byte(header+tc.line+"\n"), 8080); got != tc.want {
-			t.Errorf("%s: got %v", tc.name, got)
+		if got, err := listensIn(strings.NewReader(header+tc.line+"\n"), 8080); got != tc.want || err != nil {
+			t.Errorf("%s: got %v %v", tc.name, got, err)
 		}
 	}
 }
@@ -89,4 +90,10 @@ func TestWatchRealSocket(t *testing.T) {
 	}
 	l.Close()
 	waitFor(false, time.Second)
+}
+
+func BenchmarkListeningHostTable(b *testing.B) {
+	for b.Loop() {
+		Listening("/proc/net", 1)
+	}
 }
