@@ -1,0 +1,115 @@
+package reconciler
+
+import (
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+)
+
+// SidecarOptions say how the spawner-sidecar container of every backend pod looks.
+type SidecarOptions struct {
+	Image         string
+	PullPolicy    corev1.PullPolicy
+	CPURequest    resource.Quantity
+	MemoryRequest resource.Quantity
+}
+
+// slabGVK is the kind owner references point to.
+var slabGVK = spawnerv1.SchemeGroupVersion.WithKind("SessionLivedBackend")
+
+// BuildPod is the backend pod of a slab, exactly as docs/architecture.md
+// describes it: same name and namespace, controlled by the slab, the user's
+// containers (the first gets PORT) followed by the sidecar, restartPolicy
+// Never, and the template's placement and sizing fields.
+func BuildPod(slab *spawnerv1.SessionLivedBackend, sc SidecarOptions) *corev1.Pod {
+	t := slab.Spec.Template.DeepCopy()
+	port := slab.Spec.EffectiveHTTPPort()
+
+	labels := map[string]string{}
+	for k, v := range t.Metadata.Labels {
+		labels[k] = v
+	}
+	labels[spawnerv1.LabelManagedBy] = spawnerv1.ManagedByValue
+	labels[spawnerv1.LabelBackend] = slab.Name
+
+	annotations := map[string]string{}
+	for k, v := range t.Metadata.Annotations {
+		annotations[k] = v
+	}
+	annotations[spawnerv1.AnnotationGracePeriodSeconds] = strconv.FormatInt(int64(slab.Spec.GracePeriod().Seconds()), 10)
+
+	containers := t.Containers
+	if len(containers) > 0 {
+		containers[0].Env = setEnv(containers[0].Env, spawnerv1.PortEnvVar, strconv.Itoa(int(port)))
+	}
+	containers = append(containers, sidecarContainer(port, sc))
+
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            slab.Name,
+			Namespace:       slab.Namespace,
+			Labels:          labels,
+			Annotations:     annotations,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(slab, slabGVK)},
+		},
+		Spec: corev1.PodSpec{
+			Containers:                    containers,
+			InitContainers:                t.InitContainers,
+			ImagePullSecrets:              t.ImagePullSecrets,
+			Volumes:                       t.Volumes,
+			NodeSelector:                  t.NodeSelector,
+			Tolerations:                   t.Tolerations,
+			Affinity:                      t.Affinity,
+			ServiceAccountName:            t.ServiceAccountName,
+			AutomountServiceAccountToken:  t.AutomountServiceAccountToken,
+			SecurityContext:               t.SecurityContext,
+			PriorityClassName:             t.PriorityClassName,
+			RuntimeClassName:              t.RuntimeClassName,
+			TerminationGracePeriodSeconds: t.TerminationGracePeriodSeconds,
+			RestartPolicy:                 corev1.RestartPolicyNever,
+		},
+	}
+}
+
+func sidecarContainer(upstream int32, sc SidecarOptions) corev1.Container {
+	c := corev1.Container{
+		Name:  spawnerv1.SidecarContainerName,
+		Image: sc.Image,
+		Args: []string{
+			"--serve-port=" + strconv.Itoa(spawnerv1.SidecarServePort),
+			"--upstream-port=" + strconv.Itoa(int(upstream)),
+			"--status-port=" + strconv.Itoa(spawnerv1.SidecarStatusPort),
+		},
+		Ports: []corev1.ContainerPort{
+			{Name: "http", ContainerPort: spawnerv1.SidecarServePort, Protocol: corev1.ProtocolTCP},
+			{Name: "status", ContainerPort: spawnerv1.SidecarStatusPort, Protocol: corev1.ProtocolTCP},
+		},
+		ImagePullPolicy: sc.PullPolicy,
+	}
+	req := corev1.ResourceList{}
+	if !sc.CPURequest.IsZero() {
+		req[corev1.ResourceCPU] = sc.CPURequest
+	}
+	if !sc.MemoryRequest.IsZero() {
+		req[corev1.ResourceMemory] = sc.MemoryRequest
+	}
+	if len(req) > 0 {
+		c.Resources.Requests = req
+	}
+	return c
+}
+
+// setEnv sets name=value, replacing an existing entry of that name.
+func setEnv(env []corev1.EnvVar, name, value string) []corev1.EnvVar {
+	for i := range env {
+		if env[i].Name == name {
+			env[i] = corev1.EnvVar{Name: name, Value: value}
+			return env
+		}
+	}
+	return append(env, corev1.EnvVar{Name: name, Value: value})
+}
