@@ -72,9 +72,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // forward sends one plain HTTP request upstream and streams the answer back.
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
-	bufp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bufp)
-	buf := *bufp
 	// Only a request without a body can be sent again, and only an idempotent
 	// one should be: the app may have acted on it before dropping the
 	// connection.
@@ -95,7 +92,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 		// A client that goes away (long poll, SSE) must free the upstream
 		// connection and end the request, or it would look active forever.
 		stop = context.AfterFunc(r.Context(), uc.abort)
-		resp, err = p.roundTrip(uc, r, buf)
+		resp, err = p.roundTrip(uc, r)
 		if err == nil {
 			break
 		}
@@ -118,13 +115,17 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
 			uc.Close()
 		}
 	}()
-	complete = p.copyResponse(w, resp, uc.br, buf)
+	// The copy buffer is taken only now, so a long poll waiting for its
+	// answer holds none.
+	bufp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bufp)
+	complete = p.copyResponse(w, resp, uc.br, *bufp)
 }
 
 // roundTrip writes r upstream and reads the response head.
-func (p *Proxy) roundTrip(uc *upstreamConn, r *http.Request, buf []byte) (*http.Response, error) {
+func (p *Proxy) roundTrip(uc *upstreamConn, r *http.Request) (*http.Response, error) {
 	writeRequestHead(uc.bw, r, false)
-	if err := p.writeBody(uc.bw, r, buf); err != nil {
+	if err := p.writeBody(uc.bw, r); err != nil {
 		return nil, err
 	}
 	if err := uc.bw.Flush(); err != nil {
@@ -191,10 +192,13 @@ func writeHeaderLine(bw *bufio.Writer, k, v string) {
 
 // writeBody copies the request body upstream, re-chunking a body of unknown
 // length (net/http has already decoded the client's chunking).
-func (p *Proxy) writeBody(bw *bufio.Writer, r *http.Request, buf []byte) error {
+func (p *Proxy) writeBody(bw *bufio.Writer, r *http.Request) error {
 	if r.Body == http.NoBody || r.Body == nil {
 		return nil
 	}
+	bufp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bufp)
+	buf := *bufp
 	chunked := r.ContentLength < 0
 	var total int64
 	defer func() { p.m.toApp.bytes.Add(uint64(total)) }()

@@ -32,7 +32,7 @@ type stack struct {
 	appConns atomic.Int64 // connections the app accepted
 }
 
-func newStack(t *testing.T, app http.Handler) *stack {
+func newStack(t testing.TB, app http.Handler) *stack {
 	t.Helper()
 	s := &stack{tracker: activity.New(0), registry: metrics.NewRegistry()}
 	s.app = httptest.NewUnstartedServer(app)

@@ -78,7 +78,7 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 			return true
 		}
 		last, lastSent = s, time.Now()
-		buf = AppendEvent(buf[:0], s)
+		buf = appendEvent(buf[:0], s)
 		if _, err := w.Write(buf); err != nil {
 			return false
 		}
@@ -125,8 +125,8 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// AppendEvent appends one SSE event carrying s as JSON.
-func AppendEvent(b []byte, s activity.Snapshot) []byte {
+// appendEvent appends one SSE event carrying s as JSON.
+func appendEvent(b []byte, s activity.Snapshot) []byte {
 	b = append(b, `data: {"ready":`...)
 	b = strconv.AppendBool(b, s.Ready)
 	b = append(b, `,"live_connections":`...)

@@ -17,14 +17,6 @@ type Counts struct {
 	DataPayloadBytes int // payload bytes belonging to data frames
 }
 
-// Add accumulates o into c.
-func (c *Counts) Add(o Counts) {
-	c.Frames += o.Frames
-	c.DataFrames += o.DataFrames
-	c.Messages += o.Messages
-	c.DataPayloadBytes += o.DataPayloadBytes
-}
-
 // Carried reports whether the piece contained any part of a data frame; that
 // is what keeps a WebSocket "in use" (pings and pongs do not).
 func (c Counts) Carried() bool { return c.DataFrames > 0 || c.DataPayloadBytes > 0 }

@@ -66,7 +66,11 @@ func feedAll(data []byte, chunk func() int) (Counts, bool) {
 	var total Counts
 	for len(data) > 0 {
 		n := min(max(chunk(), 1), len(data))
-		total.Add(p.Feed(data[:n]))
+		c := p.Feed(data[:n])
+		total.Frames += c.Frames
+		total.DataFrames += c.DataFrames
+		total.Messages += c.Messages
+		total.DataPayloadBytes += c.DataPayloadBytes
 		data = data[n:]
 	}
 	return total, p.Interpreting()
