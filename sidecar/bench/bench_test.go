@@ -98,11 +98,12 @@ func waitHTTP(t *testing.T, url string) {
 	t.Fatalf("%s never answered", url)
 }
 
-type httpResult struct{ rps, p99ms float64 }
+type httpResult struct{ rps, p99ms, requests float64 }
 
 var (
-	wrkRPS = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
-	wrkP99 = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
+	wrkTotal = regexp.MustCompile(`([0-9]+) requests in`)
+	wrkRPS   = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	wrkP99   = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
 )
 
 func runWrk(t *testing.T, url string, d time.Duration) httpResult {
@@ -113,12 +114,14 @@ func runWrk(t *testing.T, url string, d time.Duration) httpResult {
 	}
 	rps := wrkRPS.FindSubmatch(out)
 	p99 := wrkP99.FindSubmatch(out)
-	if rps == nil || p99 == nil {
+	total := wrkTotal.FindSubmatch(out)
+	if rps == nil || p99 == nil || total == nil {
 		t.Fatalf("cannot parse wrk output:\n%s", out)
 	}
 	var r httpResult
 	r.rps, _ = strconv.ParseFloat(string(rps[1]), 64)
 	r.p99ms, _ = strconv.ParseFloat(string(p99[1]), 64)
+	r.requests, _ = strconv.ParseFloat(string(total[1]), 64)
 	switch string(p99[2]) {
 	case "us":
 		r.p99ms /= 1000
@@ -181,6 +184,21 @@ func rssKiB(t *testing.T, pid int) int {
 	return 0
 }
 
+// cpuSeconds is the user+system CPU time a process has used so far.
+func cpuSeconds(t *testing.T, pid int) float64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the ")" that ends the command name; utime and stime are
+	// the 14th and 15th fields overall, in clock ticks (100 per second).
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return (utime + stime) / 100
+}
+
 func median(xs []float64) float64 {
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
@@ -196,7 +214,7 @@ func TestFigures(t *testing.T) {
 		rounds = 3
 	}
 	appPort := freePort(t)
-	startApp(t, fmt.Sprintf("SIDECAR_BENCH_APP_ADDR=127.0.0.1:%d", appPort))
+	app := startApp(t, fmt.Sprintf("SIDECAR_BENCH_APP_ADDR=127.0.0.1:%d", appPort))
 	direct := fmt.Sprintf("127.0.0.1:%d", appPort)
 	waitHTTP(t, "http://"+direct+"/")
 	// Two sidecars: one takes the load, the other only the idle sockets, so
@@ -235,10 +253,15 @@ func TestFigures(t *testing.T) {
 	} else {
 		runWrk(t, "http://"+direct+"/", 2*time.Second) // warm-up both paths
 		runWrk(t, "http://"+proxied+"/", 2*time.Second)
-		var dRPS, sRPS, dP99, sP99 []float64
+		var dRPS, sRPS, dP99, sP99, dCPU, sCPU []float64
 		for i := 0; i < rounds; i++ {
+			appCPU := cpuSeconds(t, app.Process.Pid)
 			d := runWrk(t, "http://"+direct+"/", 5*time.Second)
+			appCPU = cpuSeconds(t, app.Process.Pid) - appCPU
+			sidecarCPU := cpuSeconds(t, loaded.Process.Pid)
 			s := runWrk(t, "http://"+proxied+"/", 5*time.Second)
+			sidecarCPU = cpuSeconds(t, loaded.Process.Pid) - sidecarCPU
+			dCPU, sCPU = append(dCPU, appCPU/d.requests*1e6), append(sCPU, sidecarCPU/s.requests*1e6)
 			dRPS, sRPS = append(dRPS, d.rps), append(sRPS, s.rps)
 			dP99, sP99 = append(dP99, d.p99ms), append(sP99, s.p99ms)
 			t.Logf("round %d: direct %.0f req/s p99 %.3f ms; sidecar %.0f req/s p99 %.3f ms", i, d.rps, d.p99ms, s.rps, s.p99ms)
@@ -247,6 +270,8 @@ func TestFigures(t *testing.T) {
 			median(dRPS), median(sRPS), median(sRPS)/median(dRPS))
 		fmt.Fprintf(&report, "| HTTP p99 latency | %.3f ms | %.3f ms | +%.3f ms | ≤ +0.3 ms |\n",
 			median(dP99), median(sP99), median(sP99)-median(dP99))
+		fmt.Fprintf(&report, "| CPU per request: the app (direct run) vs the sidecar itself | %.1f µs | %.1f µs | %.2f× | |\n",
+			median(dCPU), median(sCPU), median(sCPU)/median(dCPU))
 	}
 
 	var dWS, sWS []float64
