@@ -111,7 +111,7 @@ func New(kube kubernetes.Interface, spawner versioned.Interface,
 	}
 	if _, err := slabInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueueSlab,
-		UpdateFunc: func(_, obj interface{}) { c.enqueueSlab(obj) },
+		UpdateFunc: func(old, obj interface{}) { c.observeTransition(old, obj); c.enqueueSlab(obj) },
 		DeleteFunc: c.slabDeleted,
 	}); err != nil {
 		return nil, err
@@ -133,6 +133,34 @@ func (c *Controller) enqueueSlab(obj interface{}) {
 		return
 	}
 	c.queue.Add(key)
+}
+
+// observeTransition gives the phase transitions other components write
+// (Ready from the sweeper, Swept from the sweeper or the api-server) their
+// Event, so every transition has one. The controller's own Swept write always
+// carries Terminating too, so the object never shows Swept for it and no
+// transition gets two Events.
+func (c *Controller) observeTransition(old, obj interface{}) {
+	o, ok1 := old.(*spawnerv1.SessionLivedBackend)
+	n, ok2 := obj.(*spawnerv1.SessionLivedBackend)
+	if !ok1 || !ok2 || o.Status.Phase == n.Status.Phase {
+		return
+	}
+	var cond string
+	switch n.Status.Phase {
+	case lifecycle.Ready:
+		cond = lifecycle.ConditionReady
+	case lifecycle.Swept:
+		cond = lifecycle.ConditionSwept
+	default:
+		return
+	}
+	reason, msg := "", ""
+	if cnd := metaCondition(&n.Status, cond); cnd != nil {
+		reason, msg = cnd.Reason, cnd.Message
+	}
+	c.metrics.transition(n.Status.Phase)
+	c.recorder.Event(n, corev1.EventTypeNormal, string(n.Status.Phase), reason+": "+msg)
 }
 
 func (c *Controller) slabDeleted(obj interface{}) {

@@ -367,3 +367,25 @@ func TestConflictIsReturnedForRequeue(t *testing.T) {
 func errConflict() error {
 	return apierrors.NewConflict(spawnerv1.Resource("sessionlivedbackends"), "b", nil)
 }
+
+func TestTransitionsWrittenByOthersGetEvents(t *testing.T) {
+	slab := newSlab()
+	f := newFixture(t, slab)
+	running := slab.DeepCopy()
+	lifecycle.Record(&running.Status, lifecycle.ConditionRunning, lifecycle.ReasonContainersStarted, "", 1)
+	ready := running.DeepCopy()
+	lifecycle.Record(&ready.Status, lifecycle.ConditionReady, lifecycle.ReasonAppListening, "listening on 8000", 1)
+	swept := ready.DeepCopy()
+	lifecycle.Record(&swept.Status, lifecycle.ConditionSwept, lifecycle.ReasonIdle, "idle", 1)
+	terminating := swept.DeepCopy()
+	lifecycle.Record(&terminating.Status, lifecycle.ConditionTerminating, lifecycle.ReasonIdle, "idle", 1)
+	f.c.observeTransition(slab, running)      // ours: its Event came with the write
+	f.c.observeTransition(running, ready)     // sweeper
+	f.c.observeTransition(ready, ready)       // resync
+	f.c.observeTransition(ready, swept)       // sweeper
+	f.c.observeTransition(swept, terminating) // ours
+	ev := f.events()
+	if len(ev) != 2 || ev[0] != "Normal Ready AppListening: listening on 8000" || ev[1] != "Normal Swept Idle: idle" {
+		t.Errorf("events %q", ev)
+	}
+}
