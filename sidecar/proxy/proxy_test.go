@@ -563,3 +563,83 @@ func TestIdleWebSocketStopsCounting(t *testing.T) {
 		t.Fatalf("after a message: %+v", snap)
 	}
 }
+
+func TestHTTPEdgeCases(t *testing.T) {
+	s := newStack(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/upload":
+			n, _ := io.Copy(io.Discard, r.Body)
+			fmt.Fprint(w, n)
+		case "/truncated":
+			w.Header().Set("Content-Length", "100")
+			io.WriteString(w, "only part")
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler) // the app dies mid-body
+		default:
+			io.WriteString(w, r.Proto)
+		}
+	}))
+	addr := s.public.Listener.Addr().String()
+
+	t.Run("8 MiB upload with Expect: 100-continue", func(t *testing.T) {
+		body := bytes.Repeat([]byte("u"), 8<<20)
+		req, _ := http.NewRequest("PUT", s.public.URL+"/upload", bytes.NewReader(body))
+		req.Header.Set("Expect", "100-continue")
+		resp, err := (&http.Client{Transport: &http.Transport{ExpectContinueTimeout: 5 * time.Second}}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(got) != fmt.Sprint(len(body)) {
+			t.Fatalf("app received %s bytes", got)
+		}
+	})
+	t.Run("HTTP/1.0 client", func(t *testing.T) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		io.WriteString(conn, "GET /old HTTP/1.0\r\nHost: x\r\n\r\n")
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		all, err := io.ReadAll(conn) // HTTP/1.0 without keep-alive: the proxy closes
+		if err != nil || !strings.HasPrefix(string(all), "HTTP/1.0 200") || !strings.HasSuffix(string(all), "HTTP/1.1") {
+			t.Fatalf("%q %v", all, err)
+		}
+	})
+	t.Run("pipelined requests", func(t *testing.T) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		io.WriteString(conn, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(conn)
+		for i := 0; i < 2; i++ {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if string(b) != "HTTP/1.1" {
+				t.Fatalf("response %d: %q", i, b)
+			}
+		}
+	})
+	t.Run("app dies mid-body", func(t *testing.T) {
+		resp, err := http.Get(s.public.URL + "/truncated")
+		if err == nil {
+			_, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		if err == nil {
+			t.Fatalf("a truncated response looked complete (status %d)", resp.StatusCode)
+		}
+		if got := s.metric(t, "sidecar_upstream_errors_total"); got != "1" {
+			t.Errorf("upstream errors = %s", got)
+		}
+	})
+	eventually(t, "nothing live", idle(s))
+}
