@@ -340,6 +340,8 @@ func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) {
 		uc.Close()
 		return
 	}
+	// The public server's header timeout must not end a long-lived socket.
+	client.SetDeadline(time.Time{})
 	// The 101 head goes out as the app wrote it: its Upgrade, Connection and
 	// Sec-WebSocket-* headers are the handshake.
 	brw.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
