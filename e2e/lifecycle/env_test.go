@@ -1,0 +1,274 @@
+//go:build cluster
+
+// Package lifecycle is spawner's end-to-end suite: it drives a deployed
+// spawner only through its public interfaces (the control API, the router
+// URLs it hands out, and kubectl-level objects) on whatever cluster
+// KUBECONFIG points at — the local cluster here, kind where Docker works.
+//
+// It expects spawner deployed from deploy/ by scripts/deploy.sh (which
+// `make up`, `make e2e` and `make test-cluster` run) with the demo image loaded.
+package lifecycle
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"spawner.dev/common/clustertest"
+	"spawner.dev/generated/clientset/versioned"
+)
+
+const (
+	systemNamespace  = "spawner-system"
+	backendNamespace = "spawner-backends"
+	demoImage        = "localhost/spawner-demo:dev"
+)
+
+// env is the deployed spawner as a user sees it.
+type env struct {
+	kube    kubernetes.Interface
+	spawner versioned.Interface
+	control string // base URL of the control API
+	token   string // a control API bearer token
+	http    *http.Client
+}
+
+var (
+	envOnce   sync.Once
+	shared    *env
+	sharedErr error
+)
+
+// deployed returns the deployed spawner, found once per test binary.
+func deployed(t *testing.T) *env {
+	t.Helper()
+	cfg := clustertest.Config(t)
+	envOnce.Do(func() { shared, sharedErr = discover(cfg) })
+	if sharedErr != nil {
+		t.Fatalf("finding the deployed spawner (deploy it with scripts/deploy.sh): %v", sharedErr)
+	}
+	return shared
+}
+
+// discover reads the control token from the Secret users install and finds
+// the control API: SPAWNER_E2E_CONTROL_URL when set, else the Service's
+// ClusterIP when this host reaches it (the local cluster runs kube-proxy on
+// the host), else a kubectl port-forward (kind).
+func discover(cfg *rest.Config) (*env, error) {
+	e := &env{
+		kube:    kubernetes.NewForConfigOrDie(cfg),
+		spawner: versioned.NewForConfigOrDie(cfg),
+		http:    &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+	}
+	ctx := context.Background()
+	secret, err := e.kube.CoreV1().Secrets(systemNamespace).Get(ctx, "spawner-api-tokens", metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("reading the control token Secret: %w", err)
+	}
+	e.token = strings.TrimSpace(strings.SplitN(strings.TrimSpace(string(secret.Data["token"])), "\n", 2)[0])
+	if e.token == "" {
+		return nil, fmt.Errorf("Secret %s/spawner-api-tokens has no key 'token'", systemNamespace)
+	}
+
+	if url := os.Getenv("SPAWNER_E2E_CONTROL_URL"); url != "" {
+		e.control = strings.TrimRight(url, "/")
+		return e, nil
+	}
+	svc, err := e.kube.CoreV1().Services(systemNamespace).Get(ctx, "spawner-api", metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("reading Service spawner-api: %w", err)
+	}
+	if len(svc.Spec.Ports) == 0 {
+		return nil, fmt.Errorf("Service spawner-api has no ports")
+	}
+	addr := net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(svc.Spec.Ports[0].Port))
+	if conn, err := net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
+		conn.Close()
+		e.control = "http://" + addr
+		return e, nil
+	}
+	local, err := portForward(svc.Name, svc.Spec.Ports[0].Port)
+	if err != nil {
+		return nil, fmt.Errorf("Service spawner-api's ClusterIP %s is not reachable from here and port-forwarding failed: %w", addr, err)
+	}
+	e.control = "http://" + local
+	return e, nil
+}
+
+var forwarding = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+)`)
+
+// portForward runs `kubectl port-forward` to a Service for the rest of the
+// test binary's life and returns the local address.
+func portForward(service string, port int32) (string, error) {
+	cmd := exec.Command("kubectl", "-n", systemNamespace, "port-forward", "svc/"+service, fmt.Sprintf("0:%d", port))
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	lines := bufio.NewScanner(out)
+	for lines.Scan() {
+		if m := forwarding.FindStringSubmatch(lines.Text()); m != nil {
+			go io.Copy(io.Discard, out)
+			return "127.0.0.1:" + m[1], nil
+		}
+	}
+	cmd.Process.Kill()
+	return "", fmt.Errorf("kubectl port-forward ended without forwarding")
+}
+
+// spawnRequest is the body of POST /spawn.
+type spawnRequest struct {
+	Image              string            `json:"image"`
+	Port               int               `json:"port,omitempty"`
+	Env                map[string]string `json:"env,omitempty"`
+	GracePeriodSeconds *int64            `json:"gracePeriodSeconds,omitempty"`
+	Key                string            `json:"key,omitempty"`
+	MaxLifetimeSeconds *int64            `json:"maxLifetimeSeconds,omitempty"`
+}
+
+type spawnResponse struct {
+	Name      string `json:"name"`
+	URL       string `json:"url"`
+	ReadyURL  string `json:"readyUrl"`
+	StatusURL string `json:"statusUrl"`
+	Spawned   bool   `json:"spawned"`
+}
+
+type statusEvent struct {
+	State   string `json:"state"`
+	Time    string `json:"time"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+func seconds(n int64) *int64 { return &n }
+
+// do sends an authenticated control API request and decodes a JSON answer
+// into out (when not nil); it returns the status code.
+func (e *env) do(t testing.TB, method, path string, body any, out any) int {
+	t.Helper()
+	var reader io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reader = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, e.control+path, reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	resp, err := e.http.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	if out != nil {
+		raw, _ := io.ReadAll(resp.Body)
+		if err := json.Unmarshal(raw, out); err != nil {
+			t.Fatalf("%s %s answered %d with %q: %v", method, path, resp.StatusCode, raw, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// spawn asks for a backend and registers a hard terminate for the end of
+// the test, so a failing test leaks nothing.
+func (e *env) spawn(t testing.TB, req spawnRequest) spawnResponse {
+	t.Helper()
+	var resp spawnResponse
+	if code := e.do(t, "POST", "/spawn", req, &resp); code != http.StatusCreated && code != http.StatusOK {
+		t.Fatalf("POST /spawn answered %d", code)
+	}
+	t.Cleanup(func() { e.do(t, "POST", "/backend/"+resp.Name+"/terminate", map[string]bool{"hard": true}, nil) })
+	return resp
+}
+
+// stream follows a backend's status stream and sends each event until the
+// stream ends or ctx is done.
+func (e *env) stream(ctx context.Context, t testing.TB, name string) <-chan statusEvent {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, "GET", e.control+"/backend/"+name+"/status/stream", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := (&http.Client{}).Do(req)
+	if err != nil {
+		t.Fatalf("status stream of %s: %v", name, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		t.Fatalf("status stream of %s answered %d", name, resp.StatusCode)
+	}
+	events := make(chan statusEvent, 16)
+	go func() {
+		defer close(events)
+		defer resp.Body.Close()
+		lines := bufio.NewScanner(resp.Body)
+		for lines.Scan() {
+			data, ok := strings.CutPrefix(lines.Text(), "data: ")
+			if !ok {
+				continue
+			}
+			var ev statusEvent
+			if json.Unmarshal([]byte(data), &ev) == nil {
+				select {
+				case events <- ev:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return events
+}
+
+// waitForState follows the status stream until the backend reaches state,
+// failing on any state in failOn; it returns every state seen, in order.
+func (e *env) waitForState(t testing.TB, name, state string, timeout time.Duration) []statusEvent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var seen []statusEvent
+	for ev := range e.stream(ctx, t, name) {
+		seen = append(seen, ev)
+		if ev.State == state {
+			return seen
+		}
+	}
+	t.Fatalf("backend %s never reached %s within %v; states seen: %+v", name, state, timeout, seen)
+	return nil
+}
+
+// states lists the state names of events.
+func states(events []statusEvent) []string {
+	var names []string
+	for _, ev := range events {
+		names = append(names, ev.State)
+	}
+	return names
+}

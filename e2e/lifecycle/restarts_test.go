@@ -1,0 +1,73 @@
+//go:build cluster
+
+package lifecycle
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"spawner.dev/common/clustertest"
+)
+
+// killOne deletes one running pod of a spawner component with no grace
+// period — as abrupt as Kubernetes gets — and waits for its replacement.
+func (e *env) killOne(t *testing.T, selector string) {
+	t.Helper()
+	ctx := context.Background()
+	pods, err := e.kube.CoreV1().Pods(systemNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("no pod matches %s (err %v)", selector, err)
+	}
+	victim := pods.Items[0]
+	zero := int64(0)
+	if err := e.kube.CoreV1().Pods(systemNamespace).Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatalf("killing %s: %v", victim.Name, err)
+	}
+	t.Logf("killed %s", victim.Name)
+	clustertest.Eventually(t, 90*time.Second, "a replacement for "+victim.Name+" running and ready", func() (bool, error) {
+		pods, err := e.kube.CoreV1().Pods(systemNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return false, err
+		}
+		for _, p := range pods.Items {
+			if p.UID == victim.UID || p.DeletionTimestamp != nil {
+				continue
+			}
+			for _, c := range p.Status.Conditions {
+				if c.Type == "Ready" && c.Status == "True" {
+					return true, nil
+				}
+			}
+		}
+		return false, nil
+	})
+}
+
+// TestLifecycleSurvivesComponentRestarts kills the controller, the sweeper
+// and an api-server replica while a backend starts and while it idles: the
+// backend still becomes Ready, still works, and is still swept on time.
+func TestLifecycleSurvivesComponentRestarts(t *testing.T) {
+	e := deployed(t)
+	const grace = 8
+	backend := e.spawn(t, spawnRequest{Image: demoImage, GracePeriodSeconds: seconds(grace), Env: map[string]string{"DEMO_LISTEN_DELAY_MS": "2000"}})
+	e.killOne(t, "app.kubernetes.io/name=spawner-controller")
+	e.waitForState(t, backend.Name, "Ready", 120*time.Second)
+
+	conn := dialRoom(t, backend.URL)
+	e.killOne(t, "app.kubernetes.io/name=spawner-sweeper")
+	if err := conn.WriteMessage(websocket.TextMessage, []byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	if _, payload := readMessage(t, conn); string(payload) != "still here" {
+		t.Fatalf("echo after the sweeper restart: %q", payload)
+	}
+	conn.Close()
+	e.killOne(t, "app.kubernetes.io/name=spawner-api")
+	e.killOne(t, "app.kubernetes.io/name=spawner-controller")
+	e.waitForState(t, backend.Name, "Swept", time.Duration(grace+60)*time.Second)
+	e.waitGone(t, backend.Name, 60*time.Second)
+}
