@@ -101,23 +101,24 @@ _build() {
 # creates the component symlinks and the kubectl wrapper $SPAWNER_CACHE/bin/kubectl.
 ensure_binaries() {
 	go_ok
-	local bd key
+	local bd kd key
 	bd=$(bin_dir)
-	key=$(basename "$(dirname "$bd")")
+	kd=$(dirname "$bd")
+	key=$(basename "$kd")
 	mkdir -p "$bd"
 	if [ ! -x "$bd/k8s" ]; then
-		log "building Kubernetes $(k8s_version) multi-call binary from Go modules (cold: ~7 min on 2 cores, ~4 GB Go build cache; log: $bd/../build-k8s.log)"
-		_build "k8s $(k8s_version)" "$bd/../build-k8s.log" "$LC_SRC" -ldflags "$(k8s_ldflags)" -o "$bd/k8s.tmp" .
+		log "building Kubernetes $(k8s_version) multi-call binary from Go modules (cold: ~7 min on 2 cores, ~4 GB Go build cache; log: $kd/build-k8s.log)"
+		_build "k8s $(k8s_version)" "$kd/build-k8s.log" "$LC_SRC" -ldflags "$(k8s_ldflags)" -o "$bd/k8s.tmp" .
 		mv "$bd/k8s.tmp" "$bd/k8s"
 	fi
 	if [ ! -x "$bd/etcd" ]; then
-		log "building etcd $(etcd_version) (log: $bd/../build-etcd.log)"
-		_build "etcd $(etcd_version)" "$bd/../build-etcd.log" "$LC_SRC/etcd" -ldflags "-s -w" -o "$bd/etcd.tmp" go.etcd.io/etcd/server/v3
+		log "building etcd $(etcd_version) (log: $kd/build-etcd.log)"
+		_build "etcd $(etcd_version)" "$kd/build-etcd.log" "$LC_SRC/etcd" -ldflags "-s -w" -o "$bd/etcd.tmp" go.etcd.io/etcd/server/v3
 		mv "$bd/etcd.tmp" "$bd/etcd"
 	fi
 	if [ ! -x "$bd/crictl" ]; then
-		log "building crictl $(crictl_version) (log: $bd/../build-crictl.log)"
-		_build "crictl $(crictl_version)" "$bd/../build-crictl.log" "$LC_SRC/crictl" -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$(crictl_version)" -o "$bd/crictl.tmp" sigs.k8s.io/cri-tools/cmd/crictl
+		log "building crictl $(crictl_version) (log: $kd/build-crictl.log)"
+		_build "crictl $(crictl_version)" "$kd/build-crictl.log" "$LC_SRC/crictl" -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$(crictl_version)" -o "$bd/crictl.tmp" sigs.k8s.io/cri-tools/cmd/crictl
 		mv "$bd/crictl.tmp" "$bd/crictl"
 	fi
 	local c
