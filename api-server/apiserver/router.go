@@ -30,13 +30,14 @@ var sidecarPort = strconv.Itoa(spawnerv1.SidecarServePort)
 
 // trimPod keeps what the router needs of a pod: its IP (as the sidecar's
 // public host:port; the status port is never used) and whether it is going away.
-func trimPod(p *corev1.Pod) *corev1.Pod {
+// port is the sidecar's public port (tests substitute their own).
+func trimPod(p *corev1.Pod, port string) *corev1.Pod {
 	out := &corev1.Pod{}
 	out.Name, out.Namespace, out.UID, out.ResourceVersion = p.Name, p.Namespace, p.UID, p.ResourceVersion
 	out.Labels, out.DeletionTimestamp = p.Labels, p.DeletionTimestamp
 	out.Status.Phase, out.Status.PodIP = p.Status.Phase, p.Status.PodIP
 	if p.Status.PodIP != "" {
-		out.Annotations = map[string]string{annotationUpstream: net.JoinHostPort(p.Status.PodIP, sidecarPort)}
+		out.Annotations = map[string]string{annotationUpstream: net.JoinHostPort(p.Status.PodIP, port)}
 	}
 	return out
 }

@@ -43,6 +43,9 @@ type Server struct {
 	podInf      cache.SharedIndexInformer
 	slabLister  spawnerlisters.SessionLivedBackendNamespaceLister
 
+	// upstreamPort is the sidecar's public port; only tests change it.
+	upstreamPort string
+
 	watchers *watchers
 	metrics  *serverMetrics
 	proxy    *routerProxy
@@ -94,6 +97,7 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 		publicBase:   strings.TrimRight(cfg.PublicURL, "/"),
 		secureCookie: u.Scheme == "https",
 		watchers:     newWatchers(),
+		upstreamPort: sidecarPort,
 		shuttingDown: make(chan struct{}),
 	}
 	s.creds = &credentials{cfg: &s.cfg, kube: kube, log: s.log}
@@ -131,7 +135,7 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 	// The router needs a pod's IP and whether it is alive: keep only that.
 	_ = s.podInf.SetTransform(func(obj any) (any, error) {
 		if p, ok := obj.(*corev1.Pod); ok {
-			return trimPod(p), nil
+			return trimPod(p, s.upstreamPort), nil
 		}
 		return obj, nil
 	})

@@ -1,0 +1,188 @@
+package apiserver
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"spawner.dev/apis/lifecycle"
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+	slabfake "spawner.dev/generated/clientset/versioned/fake"
+)
+
+const (
+	testNS    = "spawner-backends"
+	testToken = "test-control-token"
+)
+
+type testEnv struct {
+	t       *testing.T
+	s       *Server
+	kube    *kubefake.Clientset
+	slabs   *slabfake.Clientset
+	control *httptest.Server
+	router  *httptest.Server
+}
+
+var nameSeq atomic.Int64
+
+func newTestEnv(t *testing.T, upstreamPort string) *testEnv {
+	t.Helper()
+	kube := kubefake.NewClientset()
+	slabs := slabfake.NewSimpleClientset() // NewClientset needs the OpenAPI schema, which is not generated
+	// The fake tracker does not implement generateName.
+	slabs.PrependReactor("create", "sessionlivedbackends", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		obj := a.(k8stesting.CreateAction).GetObject().(*spawnerv1.SessionLivedBackend)
+		if obj.Name == "" && obj.GenerateName != "" {
+			obj.Name = fmt.Sprintf("%s%05d", obj.GenerateName, nameSeq.Add(1))
+		}
+		if obj.CreationTimestamp.IsZero() {
+			obj.CreationTimestamp = metav1.Now()
+		}
+		if obj.UID == "" {
+			obj.UID = types.UID("uid-" + obj.Name)
+		}
+		return false, nil, nil
+	})
+	s, err := New(Config{
+		BackendNamespace: testNS, PublicURL: "http://public.example:8081",
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownTimeout: time.Second,
+	}, kube, slabs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if upstreamPort != "" {
+		s.upstreamPort = upstreamPort
+	}
+	s.creds.tokens.store(parseTokens([]byte(testToken + "\n# comment\nsecond-token\n")))
+	s.creds.access = &accessKeys{key: []byte("0123456789abcdef0123456789abcdef")}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s.slabFactory.Start(ctx.Done())
+	s.podFactory.Start(ctx.Done())
+	if !s.WaitForSync(ctx) {
+		t.Fatal("caches did not sync")
+	}
+	e := &testEnv{t: t, s: s, kube: kube, slabs: slabs}
+	e.control = httptest.NewServer(s.ControlHandler())
+	e.router = httptest.NewServer(s.RouterHandler())
+	t.Cleanup(e.control.Close)
+	t.Cleanup(e.router.Close)
+	return e
+}
+
+// do sends a control API request with the test token.
+func (e *testEnv) do(method, path, body string) *http.Response {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.control.URL+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := noRedirect.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return resp
+}
+
+var noRedirect = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+func readBody(t *testing.T, r *http.Response) string {
+	t.Helper()
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	return string(b)
+}
+
+// addBackend creates a slab (as the api-server would) and its pod, in the
+// given phase, and waits until both are cached. It returns the access token.
+func (e *testEnv) addBackend(name string, phase spawnerv1.BackendPhase) string {
+	e.t.Helper()
+	salt := newSalt()
+	tok := e.s.creds.access.token(salt)
+	slab := &spawnerv1.SessionLivedBackend{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNS, UID: types.UID("uid-" + name), CreationTimestamp: metav1.Now(),
+			Annotations: map[string]string{spawnerv1.AnnotationAccessTokenHash: hashToken(tok), AnnotationAccessTokenSalt: salt}},
+		Spec: spawnerv1.SessionLivedBackendSpec{Template: spawnerv1.BackendPodTemplate{Containers: []corev1.Container{{Name: "app", Image: "demo"}}}},
+	}
+	setPhase(slab, phase)
+	ctx := context.Background()
+	if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Create(ctx, slab, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNS, Labels: map[string]string{
+			spawnerv1.LabelManagedBy: spawnerv1.ManagedByValue, spawnerv1.LabelBackend: name}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "127.0.0.1"},
+	}
+	if _, err := e.kube.CoreV1().Pods(testNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.eventually(func() bool {
+		_, ok1 := e.s.slab(name)
+		_, ok2 := e.s.pod(name)
+		return ok1 && ok2
+	})
+	return tok
+}
+
+// setPhase records the conditions up to phase.
+func setPhase(slab *spawnerv1.SessionLivedBackend, phase spawnerv1.BackendPhase) {
+	order := []string{lifecycle.ConditionPodCreated, lifecycle.ConditionScheduled, lifecycle.ConditionRunning, lifecycle.ConditionReady,
+		lifecycle.ConditionSwept, lifecycle.ConditionTerminating}
+	target := map[spawnerv1.BackendPhase]int{lifecycle.Pending: 1, lifecycle.Scheduled: 2, lifecycle.Running: 3, lifecycle.Ready: 4,
+		lifecycle.Swept: 5, lifecycle.Terminating: 6}
+	if phase == lifecycle.Failed {
+		lifecycle.Record(&slab.Status, lifecycle.ConditionPodCreated, "PodCreated", "", 0)
+		lifecycle.Record(&slab.Status, lifecycle.ConditionFailed, lifecycle.ReasonAppExited, "exit 1", 0)
+		return
+	}
+	for _, c := range order[:target[phase]] {
+		lifecycle.Record(&slab.Status, c, c, "", 0)
+	}
+	slab.Status.Phase = lifecycle.PhaseOf(slab.Status.Conditions)
+}
+
+func (e *testEnv) updatePhase(name string, phase spawnerv1.BackendPhase) {
+	e.t.Helper()
+	ctx := context.Background()
+	cur, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cur.Status = spawnerv1.SessionLivedBackendStatus{}
+	setPhase(cur, phase)
+	if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).UpdateStatus(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.eventually(func() bool {
+		s, ok := e.s.slab(name)
+		return ok && s.Status.Phase == phase
+	})
+}
+
+func (e *testEnv) eventually(cond func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			e.t.Fatal("condition not met within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
