@@ -64,3 +64,5 @@ replace (
 	spawner.dev/common => ../common
 	spawner.dev/generated => ../generated
 )
+
+require github.com/gorilla/websocket v1.5.4-0.20250319132907-e064f32e3674

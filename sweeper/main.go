@@ -42,6 +42,7 @@ func run() error {
 	fs := flag.NewFlagSet("spawner-sweeper", flag.ExitOnError)
 	kc.AddFlags(fs)
 	fs.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "the node whose backends to follow (env NODE_NAME, from the downward API)")
+	fs.StringVar(&cfg.Namespace, "namespace", "", "follow backends in this namespace only (default: all)")
 	fs.IntVar(&cfg.StatusPort, "status-port", 9091, "the sidecars' status port")
 	fs.StringVar(&addr, "listen", envOr("SWEEPER_LISTEN", ":9092"), "address for /healthz and /metrics (env SWEEPER_LISTEN)")
 	fs.DurationVar(&cfg.BackoffMin, "reconnect-min", 100*time.Millisecond, "first delay before reopening a lost status stream")

@@ -33,6 +33,9 @@ import (
 type Config struct {
 	// NodeName is the node whose backend pods are followed (required).
 	NodeName string
+	// Namespace, when set, limits the sweeper to one namespace (tests run a
+	// sweeper per test namespace); empty means all.
+	Namespace string
 	// StatusPort is the sidecar's status port (default 9091).
 	StatusPort int
 	// BackoffMin and BackoffMax bound the reconnect delay (100 ms, 5 s).
@@ -120,6 +123,7 @@ func (s *Sweeper) Run(ctx context.Context, kube kubernetes.Interface, ready func
 	}
 	s.ctx = ctx
 	factory := informers.NewSharedInformerFactoryWithOptions(kube, s.cfg.Resync,
+		informers.WithNamespace(s.cfg.Namespace), // "" = all namespaces
 		informers.WithTweakListOptions(PodListOptions(s.cfg.NodeName)))
 	inf := factory.Core().V1().Pods().Informer()
 	inf.SetTransform(trimPod)
