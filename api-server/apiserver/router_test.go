@@ -70,7 +70,10 @@ func newFakeApp(t *testing.T) *fakeApp {
 	return a
 }
 
-func (a *fakeApp) port() string { _, p, _ := net.SplitHostPort(a.srv.Listener.Addr().String()); return p }
+func (a *fakeApp) port() string {
+	_, p, _ := net.SplitHostPort(a.srv.Listener.Addr().String())
+	return p
+}
 
 func get(t *testing.T, url string, hdr map[string]string) *http.Response {
 	t.Helper()
