@@ -16,6 +16,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -298,17 +299,20 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 			b.readyRecorded(received, lifecycle.IsEnding(phase))
 			return
 		}
-		if !lifecycle.Record(&slab.Status, lifecycle.ConditionReady, lifecycle.ReasonAppListening,
-			"the application listens on its port", slab.Generation) {
+		if meta.IsStatusConditionTrue(slab.Status.Conditions, lifecycle.ConditionReady) {
 			// Already Ready (say, recorded before this sweeper restarted):
 			// its readyTime is second-rounded, so count from the second after.
 			since := received
 			if rt := slab.Status.ReadyTime; rt != nil {
 				since = rt.Add(time.Second)
+			} else if tt := lifecycle.TransitionTime(slab.Status.Conditions, lifecycle.ConditionReady); tt != nil {
+				since = tt.Add(time.Second)
 			}
 			b.readyRecorded(since, false)
 			return
 		}
+		lifecycle.Record(&slab.Status, lifecycle.ConditionReady, lifecycle.ReasonAppListening,
+			"the application listens on its port", slab.Generation)
 		now := metav1.NewTime(received)
 		slab.Status.ReadyTime = &now
 		last := metav1.NewTime(ev.LastActive)

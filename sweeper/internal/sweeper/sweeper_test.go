@@ -236,7 +236,7 @@ func newHarness(t *testing.T, initial Event, slabConditions ...string) *harness 
 		lifecycle.Record(&slab.Status, c, c, "", 1)
 	}
 	h.client = fake.NewSimpleClientset(slab) // NewClientset needs an OpenAPI schema the generated fake lacks
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: testLogLevel}))
 	h.s = New(Config{
 		NodeName: "n", StatusPort: h.sidecar.port(),
 		BackoffMin: 5 * time.Millisecond, BackoffMax: 20 * time.Millisecond,
@@ -556,3 +556,10 @@ func TestStreamAgainstRawServer(t *testing.T) {
 		t.Fatalf("readOnce: %+v %v", ev, err)
 	}
 }
+
+var testLogLevel = func() slog.Level {
+	if os.Getenv("SWEEPER_TEST_DEBUG") != "" {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}()
