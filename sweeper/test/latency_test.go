@@ -21,7 +21,7 @@ import (
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
 
-var listenAt = regexp.MustCompile(`msg=listening .*\bat=(\S+)`)
+var listenAt = regexp.MustCompile(`listening .*\bat=(\S+)`)
 
 // TestReadyLatency measures the time from the app listening (the demo logs
 // the moment, RFC 3339 with nanoseconds) to the slab being seen Ready through
