@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -30,7 +31,7 @@ const (
 )
 
 type testEnv struct {
-	t       *testing.T
+	t       testing.TB
 	s       *Server
 	kube    *kubefake.Clientset
 	slabs   *slabfake.Clientset
@@ -40,7 +41,7 @@ type testEnv struct {
 
 var nameSeq atomic.Int64
 
-func newTestEnv(t *testing.T, upstreamPort string) *testEnv {
+func newTestEnv(t testing.TB, upstreamPort string) *testEnv {
 	t.Helper()
 	kube := kubefake.NewClientset()
 	slabs := slabfake.NewSimpleClientset() // NewClientset needs the OpenAPI schema, which is not generated
@@ -100,7 +101,7 @@ func (e *testEnv) do(method, path, body string) *http.Response {
 
 var noRedirect = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 
-func readBody(t *testing.T, r *http.Response) string {
+func readBody(t testing.TB, r *http.Response) string {
 	t.Helper()
 	b, _ := io.ReadAll(r.Body)
 	r.Body.Close()
@@ -186,3 +187,5 @@ func (e *testEnv) eventually(cond func() bool) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func splitHostPort(s string) (string, string, error) { return net.SplitHostPort(s) }
