@@ -23,6 +23,7 @@ for a in "$@"; do
 	esac
 done
 
+cluster_lock
 if [ ! -d "$CD" ]; then
 	echo "==> no cluster state in $CD; nothing to do"
 	exit 0

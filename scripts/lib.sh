@@ -37,6 +37,14 @@ log() { printf '==> [%6.1fs] %s\n' "$(awk -v a="$(date +%s.%N)" -v b="$_T0" 'BEG
 warn() { echo "WARNING: $*" >&2; }
 die() { echo "ERROR: $*" >&2; exit 1; }
 
+# cluster_lock serializes cluster-up.sh and cluster-down.sh runs (flock on this file; no lock file left behind).
+cluster_lock() {
+	exec 9<"${BASH_SOURCE[0]}"
+	flock -n 9 && return 0
+	echo "==> another cluster-up.sh/cluster-down.sh is running; waiting for it (up to 15 min)"
+	flock -w 900 9 || die "another cluster-up.sh/cluster-down.sh has held the lock for 15 min; giving up."
+}
+
 require_root() { [ "$(id -u)" = 0 ] || die "$(basename "$0") must run as root (it starts containerd and the kubelet)."; }
 
 # ---------------------------------------------------------------------------- mode: local or kind
@@ -190,7 +198,7 @@ start_bg() {
 	local n=$1; shift
 	mkdir -p "$LOGS" "$PIDS"
 	echo "---- $(date -u +%FT%TZ) starting: $*" >>"$LOGS/$n.log"
-	setsid sh -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$n.pid" "$@" >>"$LOGS/$n.log" 2>&1 </dev/null &
+	setsid sh -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$n.pid" "$@" >>"$LOGS/$n.log" 2>&1 </dev/null 9<&- &
 	local i
 	for i in $(seq 1 50); do [ -s "$PIDS/$n.pid" ] && break; sleep 0.02; done
 	log "started $n (pid $(cat "$PIDS/$n.pid"), log $LOGS/$n.log)"
