@@ -259,7 +259,8 @@ ipt_cmds() { local c; for c in iptables ip6tables; do command -v $c >/dev/null 2
 # host_snapshot prints a normalized, sorted view of everything the cluster could leave behind:
 # processes, mounts, network interfaces, network namespaces, iptables chains and jumps, nft tables,
 # kubepods cgroups, sysctls and host paths. The test diffs it before `up` and after `down`.
-host_snapshot() {
+host_snapshot() (
+	set +e
 	local ipt t p s
 	ps -eo comm= | grep -E '^(containerd|containerd-shim.*|etcd|kube-.*|kubelet|k8s|spawner-pause|spawner-hello)$' | sort | uniq -c | sed 's/^ */process /'
 	awk '{print "mount " $2}' /proc/self/mounts | grep -E "$CD|/run/netns|kubelet|containerd" | sort
@@ -273,10 +274,11 @@ host_snapshot() {
 	for s in "${SYSCTLS[@]}"; do p=$(sysctl -n "$s" 2>/dev/null) && echo "sysctl $s=$p"; done
 	for p in "${HOST_PATHS[@]}"; do [ -e "$p" ] && echo "path $p"; done
 	true
-}
+)
 
 # record_host_before saves the host's state once, before the first component starts.
-record_host_before() {
+record_host_before() (
+	set +e
 	[ -d "$BEFORE" ] && return 0
 	mkdir -p "$BEFORE.tmp"
 	local s v ipt t
@@ -287,6 +289,6 @@ record_host_before() {
 	done; done >"$BEFORE.tmp/chains"
 	ip -o link show | awk -F': ' '{sub(/@.*/,"",$2); print $2}' >"$BEFORE.tmp/links"
 	ls /run/netns 2>/dev/null >"$BEFORE.tmp/netns" || true
-	ls -d /sys/fs/cgroup/*/kubepods* 2>/dev/null >"$BEFORE.tmp/cgroups" || true
-	mv "$BEFORE.tmp" "$BEFORE"
-}
+	ls -d /sys/fs/cgroup/*/kubepods* 2>/dev/null >"$BEFORE.tmp/cgroups"
+	mv "$BEFORE.tmp" "$BEFORE" || exit 1
+)
