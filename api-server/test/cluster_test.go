@@ -391,6 +391,12 @@ func TestGetOrCreateRace(t *testing.T) {
 	if code, b, _ := e.call(e.b.control, "POST", "/backend/"+name+"/terminate", `{"hard":true}`); code != 202 {
 		t.Fatalf("hard terminate: %d %s", code, b)
 	}
+	// (Replica a's cache learns of the deletion within moments; until then it
+	// would still hand out the old backend.)
+	clustertest.Eventually(t, 20*time.Second, "hard-terminated backend gone from replica a", func() (bool, error) {
+		code, _, _ := e.call(e.a.control, "GET", "/backend/"+name+"/status", "")
+		return code == 404, fmt.Errorf("status %d", code)
+	})
 	code, sr := e.spawn(e.a.control, body)
 	if code != 201 || !sr.Spawned || sr.Name == name {
 		t.Fatalf("after terminate: %d %+v (old %s)", code, sr, name)
