@@ -71,9 +71,12 @@ for i in $(seq 1 "$npods"); do
 	rv=$(cu -X POST -H 'Content-Type: application/json' -d "$body" "$API/api/v1/namespaces/default/pods" | grep -o '"resourceVersion": *"[0-9]*"' | head -n1 | grep -o '[0-9]*')
 	[ -n "$rv" ] || die "creating Pod $name through the API failed"
 	# watch from the creation's resourceVersion until the phase is Running
-	timeout 60 curl -sSN --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
-		"$API/api/v1/namespaces/default/pods?watch=1&fieldSelector=metadata.name=$name&resourceVersion=$rv" |
-		grep -m1 -q '"phase":"Running"' || die "Pod $name did not reach Running within 60s"
+	exec 3< <(exec timeout 60 curl -sSN --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+		"$API/api/v1/namespaces/default/pods?watch=1&fieldSelector=metadata.name=$name&resourceVersion=$rv")
+	wpid=$!
+	grep -m1 -q '"phase":"Running"' <&3 || die "Pod $name did not reach Running within 60s"
+	kill "$wpid" 2>/dev/null || true
+	exec 3<&-
 	times+=("$(sub "$(now)" "$t0")")
 	[ "$i" = "$npods" ] || cu -X DELETE "$API/api/v1/namespaces/default/pods/$name" >/dev/null
 done
@@ -86,7 +89,7 @@ for _ in $(seq 1 60); do [ "$(kc get pods -o name | wc -l)" -le 1 ] && break; sl
 sleep 10
 printf '%-26s %9s %9s\n' process "RSS MiB" "PSS MiB"
 tr=0 tp=0
-mem() { awk '/^Rss:/{r=$2} /^Pss:/{p=$2} END{printf "%d %d", r/1024, p/1024}' "/proc/$1/smaps_rollup" 2>/dev/null; }
+mem() { awk '/^Rss:/{r=$2} /^Pss:/{p=$2} END{printf "%d %d\n", r/1024, p/1024}' "/proc/$1/smaps_rollup" 2>/dev/null; }
 for c in "${COMPONENTS[@]}"; do
 	pid=$(pid_of "$c") || continue
 	read -r r p < <(mem "$pid")
