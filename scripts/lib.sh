@@ -165,6 +165,7 @@ openssl openssl
 curl curl
 iproute2 ip
 iproute2 ss
+procps pgrep
 EOF
 	[ ${#missing[@]} = 0 ] && return 0
 	command -v apt-get >/dev/null 2>&1 || die "missing packages (${missing[*]}) and no apt-get to install them; install them by hand."
