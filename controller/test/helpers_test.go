@@ -65,26 +65,39 @@ func setup(t *testing.T) *env {
 	return e
 }
 
-// requireImages fails early, with the fix, when the images are not loaded.
+// requireImages warns, with the fix, when the images are not on the node.
+// The node's image list is refreshed with its status (every ~10 s), so a
+// freshly loaded image may show up late: wait a little, then only warn (a
+// missing image makes the tests fail later with ImagePullFailed anyway).
 func requireImages(t *testing.T, kube kubernetes.Interface, images ...string) {
 	t.Helper()
-	nodes, err := kube.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	have := map[string]bool{}
-	for _, n := range nodes.Items {
-		for _, img := range n.Status.Images {
-			for _, name := range img.Names {
-				have[name] = true
-				have[strings.TrimPrefix(name, "docker.io/")] = true
+	var missing []string
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Second) {
+		nodes, err := kube.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		have := map[string]bool{}
+		for _, n := range nodes.Items {
+			for _, img := range n.Status.Images {
+				for _, name := range img.Names {
+					have[name] = true
+					have[strings.TrimPrefix(name, "docker.io/")] = true
+				}
 			}
 		}
-	}
-	for _, img := range images {
-		if !have[img] {
-			t.Fatalf("image %s is not on any node: run scripts/build-images.sh", img)
+		missing = missing[:0]
+		for _, img := range images {
+			if !have[img] {
+				missing = append(missing, img)
+			}
 		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(missing) > 0 {
+		t.Logf("WARNING: images %v are not listed on any node (run scripts/build-images.sh)", missing)
 	}
 }
 
