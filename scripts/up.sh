@@ -7,7 +7,7 @@
 #
 # Spawn settings (see docs/architecture.md; override if the deployment differs):
 #   SPAWNER_API_SERVICE  (spawner-api)        Service of the api-server in spawner-system, control port 8080
-#   SPAWNER_API_SECRET   (spawner-api-token)  Secret in spawner-system holding the control token
+#   SPAWNER_API_SECRET   (spawner-api-tokens) Secret in spawner-system holding the control token
 #   SPAWNER_API_SECRET_KEY (token)            key inside that Secret
 #   SPAWNER_DEMO_BODY    ({"image":"localhost/spawner-demo:dev"})   JSON body of POST /spawn
 set -euo pipefail
@@ -15,7 +15,7 @@ set -euo pipefail
 
 NS=spawner-system
 API_SVC=${SPAWNER_API_SERVICE:-spawner-api}
-API_SECRET=${SPAWNER_API_SECRET:-spawner-api-token}
+API_SECRET=${SPAWNER_API_SECRET:-spawner-api-tokens}
 API_SECRET_KEY=${SPAWNER_API_SECRET_KEY:-token}
 DEMO_BODY=${SPAWNER_DEMO_BODY:-'{"image":"localhost/spawner-demo:dev"}'}
 
@@ -32,12 +32,16 @@ stop_here() {
 	exit 0
 }
 
-OVERLAY=$SPAWNER_ROOT/deploy/overlays/local
-[ -f "$OVERLAY/kustomization.yaml" ] ||
-	stop_here "cluster + images" "deploy/overlays/local/kustomization.yaml does not exist yet, so spawner is not deployed."
+# the local overlay: deploy/overlays/local (issue wording) or deploy/local (as written by the deploy owner)
+OVERLAY=""
+for d in deploy/overlays/local deploy/local; do
+	[ -f "$SPAWNER_ROOT/$d/kustomization.yaml" ] && { OVERLAY=$d; break; }
+done
+[ -n "$OVERLAY" ] ||
+	stop_here "cluster + images" "deploy/overlays/local/kustomization.yaml (or deploy/local/) does not exist yet, so spawner is not deployed."
 
-log "applying deploy/overlays/local"
-k apply -k "$OVERLAY" || die "kubectl apply -k deploy/overlays/local failed"
+log "applying $OVERLAY"
+k apply -k "$SPAWNER_ROOT/$OVERLAY" || die "kubectl apply -k $OVERLAY failed"
 k -n "$NS" get deploy,ds -o name 2>/dev/null | while read -r w; do
 	k -n "$NS" rollout status "$w" --timeout=180s || die "$w did not roll out within 180s (kubectl -n $NS describe $w; kubectl -n $NS logs $w)"
 done
