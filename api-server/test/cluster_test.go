@@ -95,10 +95,13 @@ func setup(t *testing.T) *env {
 	os.WriteFile(tokens, []byte(controlToken+"\n"), 0o600)
 	os.WriteFile(key, []byte("cluster-test-access-token-key-0123456789"), 0o600)
 	bin := clustertest.Binary(t, "api-server")
-	start := func() replica {
-		c, r := freeAddr(t), freeAddr(t)
+	// Both replicas hand out URLs on replica a's router, as replicas behind
+	// one Service would; tests reach replica b's router by swapping the host.
+	publicAddr := freeAddr(t)
+	start := func(r string) replica {
+		c := freeAddr(t)
 		p := clustertest.Start(t, bin, kc, "--backend-namespace="+e.ns, "--control-addr="+c, "--router-addr="+r,
-			"--public-url=http://"+r, "--token-file="+tokens, "--access-token-key-file="+key, "--log-json=false")
+			"--public-url=http://"+publicAddr, "--token-file="+tokens, "--access-token-key-file="+key, "--log-json=false")
 		rep := replica{control: "http://" + c, router: "http://" + r, proc: p}
 		clustertest.Eventually(t, 30*time.Second, "api-server /readyz", func() (bool, error) {
 			resp, err := http.Get(rep.control + "/readyz")
@@ -110,7 +113,7 @@ func setup(t *testing.T) *env {
 		})
 		return rep
 	}
-	e.a, e.b = start(), start()
+	e.a, e.b = start(publicAddr), start(freeAddr(t))
 	return e
 }
 
@@ -398,8 +401,14 @@ func TestGetOrCreateRace(t *testing.T) {
 		return code == 404, fmt.Errorf("status %d", code)
 	})
 	code, sr := e.spawn(e.a.control, body)
-	if code != 201 || !sr.Spawned || sr.Name == name {
-		t.Fatalf("after terminate: %d %+v (old %s)", code, sr, name)
+	// Its name may be reused (generation 1 again once the old one is gone
+	// entirely), but it is a new backend with a new access token.
+	var oldURL string
+	for u := range urls {
+		oldURL = u
+	}
+	if code != 201 || !sr.Spawned || sr.URL == oldURL {
+		t.Fatalf("after terminate: %d %+v (old %s)", code, sr, oldURL)
 	}
 	_, bl, _ := e.call(e.b.control, "GET", "/backends?key=race-room", "")
 	if !strings.Contains(bl, sr.Name) {
