@@ -61,8 +61,15 @@ test-cluster: ## the local-cluster test, then every -tags cluster suite against 
 		fi; done
 
 .PHONY: e2e
-e2e: ## the end-to-end lifecycle suite against the cluster KUBECONFIG points at
-	go test -count=1 -tags cluster -timeout 30m ./e2e/...
+e2e: ## deploy spawner from deploy/local, then run the end-to-end suite against the cluster KUBECONFIG points at
+	scripts/deploy.sh
+	go test -count=1 -tags cluster -timeout 30m ./e2e/lifecycle/...
+
+.PHONY: bench-e2e
+bench-e2e: ## spawn latency vs raw pods, burst, idle→swept delay; writes docs/benchmarks.md
+	scripts/deploy.sh
+	SPAWNER_BENCH_REPORT=$(CURDIR)/_output/e2e-bench.md go test -count=1 -tags cluster -timeout 60m -v -run TestSpawnLatencyAgainstRawPods ./e2e/bench/
+	scripts/update-benchmarks-doc.sh _output/e2e-bench.md
 
 .PHONY: cluster-up
 cluster-up: ## a real single-node cluster: kind when Docker works, otherwise built from source here

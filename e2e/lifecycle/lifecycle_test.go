@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"spawner.dev/common/clustertest"
+	"spawner.dev/e2e/framework"
 )
 
 // wsURL turns a backend URL from /spawn into the WebSocket URL of path on
@@ -71,37 +72,26 @@ func readMessage(t testing.TB, conn *websocket.Conn) (int, []byte) {
 	return kind, payload
 }
 
-// waitGone waits until neither the backend's slab nor its pod exists.
-func (e *env) waitGone(t testing.TB, name string, timeout time.Duration) {
-	t.Helper()
-	ctx := context.Background()
-	clustertest.Eventually(t, timeout, "slab and pod "+name+" deleted", func() (bool, error) {
-		_, slabErr := e.spawner.SpawnerV1().SessionLivedBackends(backendNamespace).Get(ctx, name, metav1.GetOptions{})
-		_, podErr := e.kube.CoreV1().Pods(backendNamespace).Get(ctx, name, metav1.GetOptions{})
-		return apierrors.IsNotFound(slabErr) && apierrors.IsNotFound(podErr), nil
-	})
-}
-
 // TestBackendLifecycle is the path every user takes: spawn, watch it start,
 // talk to it from two browsers, leave, and see it swept and deleted.
 func TestBackendLifecycle(t *testing.T) {
-	e := deployed(t)
+	e := framework.Deployed(t)
 	const grace = 5
-	backend := e.spawn(t, spawnRequest{Image: demoImage, GracePeriodSeconds: seconds(grace)})
+	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(grace)})
 	if !backend.Spawned || backend.Name == "" || backend.URL == "" {
 		t.Fatalf("spawn answered %+v", backend)
 	}
 
-	seen := e.waitForState(t, backend.Name, "Ready", 90*time.Second)
-	got := strings.Join(states(seen), ",")
+	seen := e.WaitForState(t, backend.Name, "Ready", 90*time.Second)
+	got := strings.Join(framework.States(seen), ",")
 	if !strings.HasPrefix(got, "Pending") || !strings.HasSuffix(got, "Ready") || strings.Contains(got, "Failed") {
 		t.Fatalf("status stream showed %s, want Pending … Ready", got)
 	}
 
 	// The ready URL sends a browser on to the backend.
 	req, _ := http.NewRequest("GET", backend.ReadyURL, nil)
-	req.Header.Set("Authorization", "Bearer "+e.token)
-	resp, err := e.http.Do(req)
+	req.Header.Set("Authorization", "Bearer "+e.Token)
+	resp, err := e.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +154,7 @@ func TestBackendLifecycle(t *testing.T) {
 	alice.Close()
 	bob.Close()
 	closed := time.Now()
-	swept := e.waitForState(t, backend.Name, "Swept", time.Duration(grace+30)*time.Second)
+	swept := e.WaitForState(t, backend.Name, "Swept", time.Duration(grace+30)*time.Second)
 	sweptAt, err := time.Parse(time.RFC3339, swept[len(swept)-1].Time)
 	if err != nil {
 		t.Fatalf("Swept event time %q: %v", swept[len(swept)-1].Time, err)
@@ -176,22 +166,22 @@ func TestBackendLifecycle(t *testing.T) {
 	if reason := swept[len(swept)-1].Reason; reason != "Idle" {
 		t.Errorf("swept with reason %q, want Idle", reason)
 	}
-	e.waitGone(t, backend.Name, 60*time.Second)
+	e.WaitGone(t, backend.Name, 60*time.Second)
 }
 
 // TestKeyedSpawnGivesEveryCallerTheSameRoom: many callers ask for the same
 // key at once; exactly one backend starts, and all of them talk in it.
 func TestKeyedSpawnGivesEveryCallerTheSameRoom(t *testing.T) {
-	e := deployed(t)
+	e := framework.Deployed(t)
 	key := fmt.Sprintf("e2e-room-%d", time.Now().UnixNano())
 	const callers = 40
-	answers := make([]spawnResponse, callers)
+	answers := make([]framework.SpawnResponse, callers)
 	var wg sync.WaitGroup
 	for i := range callers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			answers[i] = e.spawn(t, spawnRequest{Image: demoImage, Key: key, GracePeriodSeconds: seconds(5)})
+			answers[i] = e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, Key: key, GracePeriodSeconds: framework.Seconds(5)})
 		}()
 	}
 	wg.Wait()
@@ -207,13 +197,17 @@ func TestKeyedSpawnGivesEveryCallerTheSameRoom(t *testing.T) {
 	if created != 1 {
 		t.Fatalf("%d callers were told they spawned the backend, want exactly 1", created)
 	}
-	var list []map[string]any
-	e.do(t, "GET", "/backends?key="+url.QueryEscape(key), nil, &list)
-	if len(list) != 1 {
-		t.Fatalf("GET /backends?key= lists %d backends, want 1", len(list))
+	var list struct {
+		Backends []struct {
+			Name string `json:"name"`
+		} `json:"backends"`
+	}
+	e.Do(t, "GET", "/backends?key="+url.QueryEscape(key), nil, &list)
+	if len(list.Backends) != 1 || list.Backends[0].Name != answers[0].Name {
+		t.Fatalf("GET /backends?key= lists %+v, want just %s", list.Backends, answers[0].Name)
 	}
 
-	e.waitForState(t, answers[0].Name, "Ready", 90*time.Second)
+	e.WaitForState(t, answers[0].Name, "Ready", 90*time.Second)
 	members := []*websocket.Conn{dialRoom(t, answers[0].URL), dialRoom(t, answers[callers/2].URL), dialRoom(t, answers[callers-1].URL)}
 	if err := members[1].WriteMessage(websocket.TextMessage, []byte("one room")); err != nil {
 		t.Fatal(err)
@@ -228,25 +222,25 @@ func TestKeyedSpawnGivesEveryCallerTheSameRoom(t *testing.T) {
 // TestFailuresEndWithAReason: a backend that cannot run ends Failed with a
 // reason a user can act on, and its pod does not linger.
 func TestFailuresEndWithAReason(t *testing.T) {
-	e := deployed(t)
+	e := framework.Deployed(t)
 	cases := map[string]struct {
-		req    spawnRequest
+		req    framework.SpawnRequest
 		reason string
 	}{
-		"image that does not exist": {spawnRequest{Image: "localhost/spawner-no-such-image:dev"}, "ImagePullFailed"},
-		"app that exits":            {spawnRequest{Image: demoImage, Env: map[string]string{"DEMO_EXIT_AFTER_SECONDS": "1", "DEMO_EXIT_CODE": "3"}}, "AppExited"},
+		"image that does not exist": {framework.SpawnRequest{Image: "localhost/spawner-no-such-image:dev"}, "ImagePullFailed"},
+		"app that exits":            {framework.SpawnRequest{Image: framework.DemoImage, Env: map[string]string{"DEMO_EXIT_AFTER_SECONDS": "1", "DEMO_EXIT_CODE": "3"}}, "AppExited"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			backend := e.spawn(t, tc.req)
-			seen := e.waitForState(t, backend.Name, "Failed", 120*time.Second)
+			backend := e.Spawn(t, tc.req)
+			seen := e.WaitForState(t, backend.Name, "Failed", 120*time.Second)
 			last := seen[len(seen)-1]
 			if last.Reason != tc.reason || last.Message == "" {
 				t.Errorf("Failed with reason %q message %q, want reason %s and a message", last.Reason, last.Message, tc.reason)
 			}
 			clustertest.Eventually(t, 60*time.Second, "pod of the failed backend deleted", func() (bool, error) {
-				_, err := e.kube.CoreV1().Pods(backendNamespace).Get(context.Background(), backend.Name, metav1.GetOptions{})
+				_, err := e.Kube.CoreV1().Pods(framework.BackendNamespace).Get(context.Background(), backend.Name, metav1.GetOptions{})
 				return apierrors.IsNotFound(err), nil
 			})
 		})
@@ -256,9 +250,9 @@ func TestFailuresEndWithAReason(t *testing.T) {
 // TestMaxLifetimeEndsABackendInUse: the hard limit holds even while a
 // client is connected, and the client sees its connection close.
 func TestMaxLifetimeEndsABackendInUse(t *testing.T) {
-	e := deployed(t)
-	backend := e.spawn(t, spawnRequest{Image: demoImage, MaxLifetimeSeconds: seconds(15), GracePeriodSeconds: seconds(300)})
-	e.waitForState(t, backend.Name, "Ready", 90*time.Second)
+	e := framework.Deployed(t)
+	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, MaxLifetimeSeconds: framework.Seconds(15), GracePeriodSeconds: framework.Seconds(300)})
+	e.WaitForState(t, backend.Name, "Ready", 90*time.Second)
 	conn := dialRoom(t, backend.URL)
 	conn.SetReadDeadline(time.Now().Add(60 * time.Second))
 	if _, _, err := conn.ReadMessage(); err == nil {
@@ -266,20 +260,20 @@ func TestMaxLifetimeEndsABackendInUse(t *testing.T) {
 	} else if ne, ok := err.(interface{ Timeout() bool }); ok && ne.Timeout() {
 		t.Fatal("the connection stayed open past the backend's max lifetime")
 	}
-	var status statusEvent
-	e.do(t, "GET", "/backend/"+backend.Name+"/status", nil, &status)
+	var status framework.StatusEvent
+	e.Do(t, "GET", "/backend/"+backend.Name+"/status", nil, &status)
 	if status.State != "Deleted" && status.Reason != "LifetimeExceeded" {
 		t.Errorf("status after the lifetime: %+v, want reason LifetimeExceeded (or gone)", status)
 	}
-	e.waitGone(t, backend.Name, 60*time.Second)
+	e.WaitGone(t, backend.Name, 60*time.Second)
 }
 
 // TestOnlyTokenHoldersGetIn: the control API needs its bearer token, a
 // backend needs its own access token, and the sidecar's status port is not
 // reachable through the router.
 func TestOnlyTokenHoldersGetIn(t *testing.T) {
-	e := deployed(t)
-	resp, err := e.http.Post(e.control+"/spawn", "application/json", strings.NewReader(`{"image":"`+demoImage+`"}`))
+	e := framework.Deployed(t)
+	resp, err := e.HTTP.Post(e.Control+"/spawn", "application/json", strings.NewReader(`{"image":"`+framework.DemoImage+`"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,8 +282,8 @@ func TestOnlyTokenHoldersGetIn(t *testing.T) {
 		t.Errorf("spawn without a token answered %d, want 401", resp.StatusCode)
 	}
 
-	backend := e.spawn(t, spawnRequest{Image: demoImage})
-	e.waitForState(t, backend.Name, "Ready", 90*time.Second)
+	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage})
+	e.WaitForState(t, backend.Name, "Ready", 90*time.Second)
 	stats := func() map[string]int64 {
 		resp, err := http.Get(httpURL(t, backend.URL, "/stats"))
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"spawner.dev/e2e/framework"
 	"spawner.dev/generated/clientset/versioned"
 )
 
@@ -39,11 +40,11 @@ func checkNothingLeft(timeout time.Duration) error {
 	ctx := context.Background()
 	var slabs, pods int
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(time.Second) {
-		slabList, err := spawner.SpawnerV1().SessionLivedBackends(backendNamespace).List(ctx, metav1.ListOptions{})
+		slabList, err := spawner.SpawnerV1().SessionLivedBackends(framework.BackendNamespace).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return err
 		}
-		podList, err := kube.CoreV1().Pods(backendNamespace).List(ctx, metav1.ListOptions{})
+		podList, err := kube.CoreV1().Pods(framework.BackendNamespace).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return err
 		}
@@ -52,5 +53,5 @@ func checkNothingLeft(timeout time.Duration) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%d slabs and %d pods still in %s %v after the suite", slabs, pods, backendNamespace, timeout)
+	return fmt.Errorf("%d slabs and %d pods still in %s %v after the suite", slabs, pods, framework.BackendNamespace, timeout)
 }

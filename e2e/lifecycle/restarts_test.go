@@ -11,25 +11,26 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"spawner.dev/common/clustertest"
+	"spawner.dev/e2e/framework"
 )
 
 // killOne deletes one running pod of a spawner component with no grace
 // period — as abrupt as Kubernetes gets — and waits for its replacement.
-func (e *env) killOne(t *testing.T, selector string) {
+func killOne(t *testing.T, e *framework.Env, selector string) {
 	t.Helper()
 	ctx := context.Background()
-	pods, err := e.kube.CoreV1().Pods(systemNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("no pod matches %s (err %v)", selector, err)
 	}
 	victim := pods.Items[0]
 	zero := int64(0)
-	if err := e.kube.CoreV1().Pods(systemNamespace).Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+	if err := e.Kube.CoreV1().Pods(framework.SystemNamespace).Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 		t.Fatalf("killing %s: %v", victim.Name, err)
 	}
 	t.Logf("killed %s", victim.Name)
 	clustertest.Eventually(t, 90*time.Second, "a replacement for "+victim.Name+" running and ready", func() (bool, error) {
-		pods, err := e.kube.CoreV1().Pods(systemNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
 		if err != nil {
 			return false, err
 		}
@@ -51,14 +52,14 @@ func (e *env) killOne(t *testing.T, selector string) {
 // and an api-server replica while a backend starts and while it idles: the
 // backend still becomes Ready, still works, and is still swept on time.
 func TestLifecycleSurvivesComponentRestarts(t *testing.T) {
-	e := deployed(t)
+	e := framework.Deployed(t)
 	const grace = 8
-	backend := e.spawn(t, spawnRequest{Image: demoImage, GracePeriodSeconds: seconds(grace), Env: map[string]string{"DEMO_LISTEN_DELAY_MS": "2000"}})
-	e.killOne(t, "app.kubernetes.io/name=spawner-controller")
-	e.waitForState(t, backend.Name, "Ready", 120*time.Second)
+	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(grace), Env: map[string]string{"DEMO_LISTEN_DELAY_MS": "2000"}})
+	killOne(t, e, "app.kubernetes.io/name=spawner-controller")
+	e.WaitForState(t, backend.Name, "Ready", 120*time.Second)
 
 	conn := dialRoom(t, backend.URL)
-	e.killOne(t, "app.kubernetes.io/name=spawner-sweeper")
+	killOne(t, e, "app.kubernetes.io/name=spawner-sweeper")
 	if err := conn.WriteMessage(websocket.TextMessage, []byte("still here")); err != nil {
 		t.Fatal(err)
 	}
@@ -66,8 +67,8 @@ func TestLifecycleSurvivesComponentRestarts(t *testing.T) {
 		t.Fatalf("echo after the sweeper restart: %q", payload)
 	}
 	conn.Close()
-	e.killOne(t, "app.kubernetes.io/name=spawner-api")
-	e.killOne(t, "app.kubernetes.io/name=spawner-controller")
-	e.waitForState(t, backend.Name, "Swept", time.Duration(grace+60)*time.Second)
-	e.waitGone(t, backend.Name, 60*time.Second)
+	killOne(t, e, "app.kubernetes.io/name=spawner-api")
+	killOne(t, e, "app.kubernetes.io/name=spawner-controller")
+	e.WaitForState(t, backend.Name, "Swept", time.Duration(grace+60)*time.Second)
+	e.WaitGone(t, backend.Name, 60*time.Second)
 }

@@ -1,13 +1,11 @@
-//go:build cluster
-
-// Package lifecycle is spawner's end-to-end suite: it drives a deployed
-// spawner only through its public interfaces (the control API, the router
-// URLs it hands out, and kubectl-level objects) on whatever cluster
+// Package framework is how spawner's end-to-end suite and benchmarks see a
+// deployed spawner: only through its public interfaces (the control API, the
+// router URLs it hands out, and kubectl-level objects) on whatever cluster
 // KUBECONFIG points at — the local cluster here, kind where Docker works.
 //
 // It expects spawner deployed from deploy/ by scripts/deploy.sh (which
 // `make up`, `make e2e` and `make test-cluster` run) with the demo image loaded.
-package lifecycle
+package framework
 
 import (
 	"bufio"
@@ -26,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -35,28 +34,29 @@ import (
 )
 
 const (
-	systemNamespace  = "spawner-system"
-	backendNamespace = "spawner-backends"
-	demoImage        = "localhost/spawner-demo:dev"
+	SystemNamespace  = "spawner-system"
+	BackendNamespace = "spawner-backends"
+	DemoImage        = "localhost/spawner-demo:dev"
 )
 
 // env is the deployed spawner as a user sees it.
-type env struct {
-	kube    kubernetes.Interface
-	spawner versioned.Interface
-	control string // base URL of the control API
-	token   string // a control API bearer token
-	http    *http.Client
+type Env struct {
+	Kube    kubernetes.Interface
+	Spawner versioned.Interface
+	Control string // base URL of the control API
+	Token   string // a control API bearer token
+	// HTTP does not follow redirects, so tests see them.
+	HTTP *http.Client
 }
 
 var (
 	envOnce   sync.Once
-	shared    *env
+	shared    *Env
 	sharedErr error
 )
 
 // deployed returns the deployed spawner, found once per test binary.
-func deployed(t *testing.T) *env {
+func Deployed(t testing.TB) *Env {
 	t.Helper()
 	cfg := clustertest.Config(t)
 	envOnce.Do(func() { shared, sharedErr = discover(cfg) })
@@ -70,27 +70,27 @@ func deployed(t *testing.T) *env {
 // the control API: SPAWNER_E2E_CONTROL_URL when set, else the Service's
 // ClusterIP when this host reaches it (the local cluster runs kube-proxy on
 // the host), else a kubectl port-forward (kind).
-func discover(cfg *rest.Config) (*env, error) {
-	e := &env{
-		kube:    kubernetes.NewForConfigOrDie(cfg),
-		spawner: versioned.NewForConfigOrDie(cfg),
-		http:    &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+func discover(cfg *rest.Config) (*Env, error) {
+	e := &Env{
+		Kube:    kubernetes.NewForConfigOrDie(cfg),
+		Spawner: versioned.NewForConfigOrDie(cfg),
+		HTTP:    &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 	}
 	ctx := context.Background()
-	secret, err := e.kube.CoreV1().Secrets(systemNamespace).Get(ctx, "spawner-api-tokens", metav1.GetOptions{})
+	secret, err := e.Kube.CoreV1().Secrets(SystemNamespace).Get(ctx, "spawner-api-tokens", metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("reading the control token Secret: %w", err)
 	}
-	e.token = strings.TrimSpace(strings.SplitN(strings.TrimSpace(string(secret.Data["token"])), "\n", 2)[0])
-	if e.token == "" {
-		return nil, fmt.Errorf("Secret %s/spawner-api-tokens has no key 'token'", systemNamespace)
+	e.Token = strings.TrimSpace(strings.SplitN(strings.TrimSpace(string(secret.Data["token"])), "\n", 2)[0])
+	if e.Token == "" {
+		return nil, fmt.Errorf("Secret %s/spawner-api-tokens has no key 'token'", SystemNamespace)
 	}
 
 	if url := os.Getenv("SPAWNER_E2E_CONTROL_URL"); url != "" {
-		e.control = strings.TrimRight(url, "/")
+		e.Control = strings.TrimRight(url, "/")
 		return e, nil
 	}
-	svc, err := e.kube.CoreV1().Services(systemNamespace).Get(ctx, "spawner-api", metav1.GetOptions{})
+	svc, err := e.Kube.CoreV1().Services(SystemNamespace).Get(ctx, "spawner-api", metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("reading Service spawner-api: %w", err)
 	}
@@ -100,14 +100,14 @@ func discover(cfg *rest.Config) (*env, error) {
 	addr := net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(svc.Spec.Ports[0].Port))
 	if conn, err := net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
 		conn.Close()
-		e.control = "http://" + addr
+		e.Control = "http://" + addr
 		return e, nil
 	}
 	local, err := portForward(svc.Name, svc.Spec.Ports[0].Port)
 	if err != nil {
 		return nil, fmt.Errorf("Service spawner-api's ClusterIP %s is not reachable from here and port-forwarding failed: %w", addr, err)
 	}
-	e.control = "http://" + local
+	e.Control = "http://" + local
 	return e, nil
 }
 
@@ -116,7 +116,7 @@ var forwarding = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+)`)
 // portForward runs `kubectl port-forward` to a Service for the rest of the
 // test binary's life and returns the local address.
 func portForward(service string, port int32) (string, error) {
-	cmd := exec.Command("kubectl", "-n", systemNamespace, "port-forward", "svc/"+service, fmt.Sprintf("0:%d", port))
+	cmd := exec.Command("kubectl", "-n", SystemNamespace, "port-forward", "svc/"+service, fmt.Sprintf("0:%d", port))
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return "", err
@@ -135,8 +135,8 @@ func portForward(service string, port int32) (string, error) {
 	return "", fmt.Errorf("kubectl port-forward ended without forwarding")
 }
 
-// spawnRequest is the body of POST /spawn.
-type spawnRequest struct {
+// SpawnRequest is the body of POST /spawn.
+type SpawnRequest struct {
 	Image              string            `json:"image"`
 	Port               int               `json:"port,omitempty"`
 	Env                map[string]string `json:"env,omitempty"`
@@ -145,7 +145,7 @@ type spawnRequest struct {
 	MaxLifetimeSeconds *int64            `json:"maxLifetimeSeconds,omitempty"`
 }
 
-type spawnResponse struct {
+type SpawnResponse struct {
 	Name      string `json:"name"`
 	URL       string `json:"url"`
 	ReadyURL  string `json:"readyUrl"`
@@ -153,18 +153,18 @@ type spawnResponse struct {
 	Spawned   bool   `json:"spawned"`
 }
 
-type statusEvent struct {
+type StatusEvent struct {
 	State   string `json:"state"`
 	Time    string `json:"time"`
 	Reason  string `json:"reason"`
 	Message string `json:"message"`
 }
 
-func seconds(n int64) *int64 { return &n }
+func Seconds(n int64) *int64 { return &n }
 
 // do sends an authenticated control API request and decodes a JSON answer
 // into out (when not nil); it returns the status code.
-func (e *env) do(t testing.TB, method, path string, body any, out any) int {
+func (e *Env) Do(t testing.TB, method, path string, body any, out any) int {
 	t.Helper()
 	var reader io.Reader
 	if body != nil {
@@ -174,14 +174,14 @@ func (e *env) do(t testing.TB, method, path string, body any, out any) int {
 		}
 		reader = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, e.control+path, reader)
+	req, err := http.NewRequest(method, e.Control+path, reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+e.token)
+	req.Header.Set("Authorization", "Bearer "+e.Token)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
-	resp, err := e.http.Do(req)
+	resp, err := e.HTTP.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -197,26 +197,36 @@ func (e *env) do(t testing.TB, method, path string, body any, out any) int {
 
 // spawn asks for a backend and registers a hard terminate for the end of
 // the test, so a failing test leaks nothing.
-func (e *env) spawn(t testing.TB, req spawnRequest) spawnResponse {
+func (e *Env) Spawn(t testing.TB, req SpawnRequest) SpawnResponse {
 	t.Helper()
-	var resp spawnResponse
-	if code := e.do(t, "POST", "/spawn", req, &resp); code != http.StatusCreated && code != http.StatusOK {
+	var resp SpawnResponse
+	if code := e.Do(t, "POST", "/spawn", req, &resp); code != http.StatusCreated && code != http.StatusOK {
 		t.Fatalf("POST /spawn answered %d", code)
 	}
-	t.Cleanup(func() { e.do(t, "POST", "/backend/"+resp.Name+"/terminate", map[string]bool{"hard": true}, nil) })
+	t.Cleanup(func() { e.Do(t, "POST", "/backend/"+resp.Name+"/terminate", map[string]bool{"hard": true}, nil) })
 	return resp
 }
 
 // stream follows a backend's status stream and sends each event until the
 // stream ends or ctx is done.
-func (e *env) stream(ctx context.Context, t testing.TB, name string) <-chan statusEvent {
+func (e *Env) Stream(ctx context.Context, t testing.TB, name string) <-chan StatusEvent {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, "GET", e.control+"/backend/"+name+"/status/stream", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", e.Control+"/backend/"+name+"/status/stream", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+e.token)
-	resp, err := (&http.Client{}).Do(req)
+	req.Header.Set("Authorization", "Bearer "+e.Token)
+	// A replica killed a moment ago stays behind the Service until
+	// kube-proxy catches up: a refused connection is retried, like a
+	// browser's EventSource would.
+	var resp *http.Response
+	for attempt := 0; ; attempt++ {
+		resp, err = (&http.Client{}).Do(req)
+		if err == nil || attempt == 20 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("status stream of %s: %v", name, err)
 	}
@@ -224,7 +234,7 @@ func (e *env) stream(ctx context.Context, t testing.TB, name string) <-chan stat
 		resp.Body.Close()
 		t.Fatalf("status stream of %s answered %d", name, resp.StatusCode)
 	}
-	events := make(chan statusEvent, 16)
+	events := make(chan StatusEvent, 16)
 	go func() {
 		defer close(events)
 		defer resp.Body.Close()
@@ -234,7 +244,7 @@ func (e *env) stream(ctx context.Context, t testing.TB, name string) <-chan stat
 			if !ok {
 				continue
 			}
-			var ev statusEvent
+			var ev StatusEvent
 			if json.Unmarshal([]byte(data), &ev) == nil {
 				select {
 				case events <- ev:
@@ -249,12 +259,12 @@ func (e *env) stream(ctx context.Context, t testing.TB, name string) <-chan stat
 
 // waitForState follows the status stream until the backend reaches state,
 // failing on any state in failOn; it returns every state seen, in order.
-func (e *env) waitForState(t testing.TB, name, state string, timeout time.Duration) []statusEvent {
+func (e *Env) WaitForState(t testing.TB, name, state string, timeout time.Duration) []StatusEvent {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	var seen []statusEvent
-	for ev := range e.stream(ctx, t, name) {
+	var seen []StatusEvent
+	for ev := range e.Stream(ctx, t, name) {
 		seen = append(seen, ev)
 		if ev.State == state {
 			return seen
@@ -265,10 +275,21 @@ func (e *env) waitForState(t testing.TB, name, state string, timeout time.Durati
 }
 
 // states lists the state names of events.
-func states(events []statusEvent) []string {
+func States(events []StatusEvent) []string {
 	var names []string
 	for _, ev := range events {
 		names = append(names, ev.State)
 	}
 	return names
+}
+
+// WaitGone waits until neither the backend's slab nor its pod exists.
+func (e *Env) WaitGone(t testing.TB, name string, timeout time.Duration) {
+	t.Helper()
+	ctx := context.Background()
+	clustertest.Eventually(t, timeout, "slab and pod "+name+" deleted", func() (bool, error) {
+		_, slabErr := e.Spawner.SpawnerV1().SessionLivedBackends(BackendNamespace).Get(ctx, name, metav1.GetOptions{})
+		_, podErr := e.Kube.CoreV1().Pods(BackendNamespace).Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(slabErr) && apierrors.IsNotFound(podErr), nil
+	})
 }
