@@ -68,8 +68,7 @@ e2e: ## deploy spawner from deploy/local, then run the end-to-end suite against 
 .PHONY: bench-e2e
 bench-e2e: ## spawn latency vs raw pods, burst, idle→swept delay; writes docs/benchmarks.md
 	scripts/deploy.sh
-	SPAWNER_BENCH_REPORT=$(CURDIR)/_output/e2e-bench.md go test -count=1 -tags cluster -timeout 60m -v -run TestSpawnLatencyAgainstRawPods ./e2e/bench/
-	scripts/update-benchmarks-doc.sh _output/e2e-bench.md
+	SPAWNER_BENCH_REPORT=$(CURDIR)/docs/benchmarks.md go test -count=1 -tags cluster -timeout 60m -v -run TestSpawnLatencyAgainstRawPods ./e2e/bench/
 
 .PHONY: cluster-up
 cluster-up: ## a real single-node cluster: kind when Docker works, otherwise built from source here

@@ -104,7 +104,10 @@ func TestSpawnLatencyAgainstRawPods(t *testing.T) {
 	n := envInt("SPAWNER_BENCH_SEQUENTIAL", 50)
 	burst := envInt("SPAWNER_BENCH_BURST", 100)
 	var report strings.Builder
-	fmt.Fprintf(&report, "Measured %s on %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), e.Control)
+	fmt.Fprintf(&report, "# Spawn benchmarks\n\nWritten by `make bench-e2e` (e2e/bench) on %s against the spawner deployed by scripts/deploy.sh. "+
+		"Every spawner figure is measured side by side with raw Pods of the same image (localhost/spawner-demo:dev) on the same cluster in the same run; "+
+		"the ratio is what spawner adds on top of Kubernetes. Component figures: docs/sidecar.md, docs/sweeper.md, docs/controller.md, docs/local-cluster.md.\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"))
 
 	// Sequential: interleave raw and spawned so both see the same machine.
 	var raw, spawned sample
