@@ -62,6 +62,15 @@ func setup(t *testing.T) *env {
 	clustertest.EnsureCRD(t, cfg)
 	e := &env{t: t, cfg: cfg, kube: kubernetes.NewForConfigOrDie(cfg), sp: versioned.NewForConfigOrDie(cfg)}
 	e.node = e.pickNode()
+	// A deployed controller or sweeper (make up) watches every namespace and
+	// acts on this test's backends too; the results then prove less.
+	if pods, err := e.kube.CoreV1().Pods("spawner-system").List(context.Background(), metav1.ListOptions{}); err == nil {
+		for _, p := range pods.Items {
+			if strings.HasPrefix(p.Name, "spawner-controller") || strings.HasPrefix(p.Name, "spawner-sweeper") {
+				t.Logf("warning: %s/%s runs in the cluster and also acts on this test's backends", p.Namespace, p.Name)
+			}
+		}
+	}
 	e.ns = clustertest.Namespace(t, cfg)
 	clustertest.Start(t, clustertest.Binary(t, "controller"),
 		"--kubeconfig="+os.Getenv("KUBECONFIG"),

@@ -41,10 +41,11 @@ func TestReadyLatency(t *testing.T) {
 	e := setup(t)
 	e.startSweeper()
 	const n = 30
-	// The bound asserted on the fast path's p99. The target is well under
-	// 100 ms; on a machine so loaded that the API server itself answers in
-	// hundreds of ms, raise it with SWEEPER_READY_P99_MAX (a Go duration).
-	limit := 250 * time.Millisecond
+	// The fast path's p50 must be under 100 ms. Its p99 is bounded by the API
+	// server's worst round trips on a shared, loaded machine (hundreds of ms
+	// seen at load average 30), so its bound is looser and settable with
+	// SWEEPER_READY_P99_MAX (a Go duration).
+	limit := time.Second
 	if v := os.Getenv("SWEEPER_READY_P99_MAX"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -72,6 +73,9 @@ func TestReadyLatency(t *testing.T) {
 		report.WriteString(line + "\n")
 		if mode.limit > 0 && p99 > mode.limit {
 			t.Errorf("%s: p99 listen→Ready %v, want ≤ %v", mode.name, p99, mode.limit)
+		}
+		if mode.limit > 0 && p50 > 100*time.Millisecond {
+			t.Errorf("%s: p50 listen→Ready %v, want ≤ 100ms", mode.name, p50)
 		}
 	}
 	count, sum := e.metric("spawner_sweeper_ready_latency_seconds_count"), e.metric("spawner_sweeper_ready_latency_seconds_sum")
