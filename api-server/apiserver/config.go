@@ -30,6 +30,7 @@ type Config struct {
 	TrustForwarded      bool
 	MaxIdleConnsPerHost int
 	ShutdownTimeout     time.Duration
+	ShutdownDelay       time.Duration
 	LogRequests         bool
 
 	Kube kubeclient.Options
@@ -51,6 +52,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.TrustForwarded, "trust-forwarded-headers", false, "keep the client's X-Forwarded-For chain (set when the router sits behind a trusted proxy)")
 	fs.IntVar(&c.MaxIdleConnsPerHost, "upstream-idle-conns-per-host", 256, "idle keep-alive connections kept per backend pod")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight requests get on shutdown")
+	fs.DurationVar(&c.ShutdownDelay, "shutdown-delay", 0, "on SIGTERM, answer /readyz 503 but keep serving this long first, so load balancers stop sending new requests")
 	fs.BoolVar(&c.LogRequests, "log-requests", true, "log one line per request")
 	c.Kube.AddFlags(fs)
 }

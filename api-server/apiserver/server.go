@@ -200,6 +200,10 @@ func (s *Server) Run(ctx context.Context) error {
 	case serveErr = <-errc:
 	}
 	s.shutdownOnce.Do(func() { close(s.shuttingDown) })
+	if serveErr == nil && s.cfg.ShutdownDelay > 0 {
+		s.log.Info("shutting down: not ready any more, still serving", "for", s.cfg.ShutdownDelay)
+		time.Sleep(s.cfg.ShutdownDelay)
+	}
 	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer scancel()
 	control.Shutdown(sctx)
