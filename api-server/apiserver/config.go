@@ -29,6 +29,7 @@ type Config struct {
 	TokenReload         time.Duration
 	TrustForwarded      bool
 	MaxIdleConnsPerHost int
+	RouterReadyWait     time.Duration
 	ShutdownTimeout     time.Duration
 	ShutdownDelay       time.Duration
 	LogRequests         bool
@@ -51,6 +52,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.TokenReload, "token-reload-interval", 30*time.Second, "how often --token-file / --token-secret are re-read")
 	fs.BoolVar(&c.TrustForwarded, "trust-forwarded-headers", false, "keep the client's X-Forwarded-For chain (set when the router sits behind a trusted proxy)")
 	fs.IntVar(&c.MaxIdleConnsPerHost, "upstream-idle-conns-per-host", 256, "idle keep-alive connections kept per backend pod")
+	fs.DurationVar(&c.RouterReadyWait, "router-ready-wait", 10*time.Second, "how long the router holds a request for a backend that is still starting before answering 503")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight requests get on shutdown")
 	fs.DurationVar(&c.ShutdownDelay, "shutdown-delay", 0, "on SIGTERM, answer /readyz 503 but keep serving this long first, so load balancers stop sending new requests")
 	fs.BoolVar(&c.LogRequests, "log-requests", true, "log one line per request")

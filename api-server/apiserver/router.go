@@ -206,11 +206,66 @@ func acceptsHTML(r *http.Request) bool {
 	return strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
+// routable looks a backend up in the caches only — the router is open to
+// anyone, so an unknown name must cost no API request — and reports its slab
+// and, once it is Ready with a running pod, the sidecar's address.
+func (s *Server) routable(name string) (slab *spawnerv1.SessionLivedBackend, upstream string) {
+	slab, err := s.slabLister.Get(name)
+	if err != nil || phaseOf(slab) != lifecycle.Ready {
+		return slab, ""
+	}
+	if pod, ok := s.pod(name); ok && pod.DeletionTimestamp == nil && pod.Status.Phase == corev1.PodRunning {
+		upstream = pod.Annotations[annotationUpstream]
+	}
+	return slab, upstream
+}
+
+// awaitRoutable is routable that, for a backend not yet known or not yet
+// ready, waits for the informers: a browser sent here straight from
+// POST /spawn meets a backend that is still starting, or one another replica
+// created a moment ago. An unknown name waits briefly (cache lag); a
+// starting backend up to --router-ready-wait.
+func (s *Server) awaitRoutable(r *http.Request, name string) (*spawnerv1.SessionLivedBackend, string) {
+	slab, upstream := s.routable(name)
+	if upstream != "" || (slab != nil && !live(slab)) {
+		return slab, upstream
+	}
+	wake, unsubscribe := s.watchers.subscribe(name)
+	defer unsubscribe()
+	unknownDeadline := time.Now().Add(unknownBackendWait)
+	deadline := time.NewTimer(s.cfg.RouterReadyWait)
+	defer deadline.Stop()
+	for {
+		// Re-check after subscribing: an update may have come in between.
+		slab, upstream = s.routable(name)
+		switch {
+		case upstream != "", slab != nil && !live(slab), slab == nil && time.Now().After(unknownDeadline):
+			return slab, upstream
+		}
+		var unknownExpired <-chan time.Time
+		if slab == nil {
+			unknownExpired = time.After(time.Until(unknownDeadline))
+		}
+		select {
+		case <-wake:
+		case <-unknownExpired:
+		case <-deadline.C:
+			return slab, upstream
+		case <-r.Context().Done():
+			return slab, upstream
+		}
+	}
+}
+
+// unknownBackendWait is how long the router waits for a name its cache has
+// not seen: long enough for another replica's create to arrive by watch.
+const unknownBackendWait = 2 * time.Second
+
 // route authorizes and proxies one request to /p/{name}/...
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	slab, ok := s.slab(name)
-	if !ok || !live(slab) {
+	slab, upstream := s.awaitRoutable(r, name)
+	if slab == nil || !live(slab) {
 		s.metrics.routeNotFound.Inc()
 		writeError(w, http.StatusNotFound, "no such backend")
 		return
@@ -240,12 +295,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		r.URL.RawQuery = rest
 		r.URL.ForceQuery = false
 	}
-	pod, ok := s.pod(name)
-	upstream := ""
-	if ok && pod.DeletionTimestamp == nil && pod.Status.Phase == corev1.PodRunning {
-		upstream = pod.Annotations[annotationUpstream]
-	}
-	if phaseOf(slab) != lifecycle.Ready || upstream == "" {
+	if upstream == "" {
 		s.metrics.routeNotReady.Inc()
 		w.Header().Set("Retry-After", "1")
 		if acceptsHTML(r) {

@@ -132,6 +132,12 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 			o.LabelSelector = spawnerv1.LabelManagedBy + "=" + spawnerv1.ManagedByValue
 		}))
 	s.podInf = s.podFactory.Core().V1().Pods().Informer()
+	// The router waits for a starting backend's pod as well as its slab.
+	s.podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.watchers.notify(obj) },
+		UpdateFunc: func(_, obj any) { s.watchers.notify(obj) },
+		DeleteFunc: func(obj any) { s.watchers.notify(obj) },
+	})
 	// The router needs a pod's IP and whether it is alive: keep only that.
 	_ = s.podInf.SetTransform(func(obj any) (any, error) {
 		if p, ok := obj.(*corev1.Pod); ok {
@@ -214,9 +220,16 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// slab returns a backend from the cache.
+// slab returns a backend from the cache or, failing that, the API server.
+// A backend another replica created a moment ago may not be in this
+// replica's cache yet; rather than answer 404 to a caller who was just told
+// the name, the control API asks the API server. (The public router, open to
+// anyone, never does: see routable.)
 func (s *Server) slab(name string) (*spawnerv1.SessionLivedBackend, bool) {
-	slab, err := s.slabLister.Get(name)
+	if slab, err := s.slabLister.Get(name); err == nil {
+		return slab, true
+	}
+	slab, err := s.slabs.SpawnerV1().SessionLivedBackends(s.cfg.BackendNamespace).Get(context.TODO(), name, metav1.GetOptions{})
 	if err != nil {
 		return nil, false
 	}

@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	corev1 "k8s.io/api/core/v1"
 	"sync"
 
 	"k8s.io/client-go/tools/cache"
@@ -37,16 +38,23 @@ func (w *watchers) subscribe(name string) (chan struct{}, func()) {
 	}
 }
 
+// notify wakes the subscribers of the backend an informer event is about:
+// a slab, or its pod (which has the slab's name).
 func (w *watchers) notify(obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
-	slab, ok := obj.(*spawnerv1.SessionLivedBackend)
-	if !ok {
+	var name string
+	switch o := obj.(type) {
+	case *spawnerv1.SessionLivedBackend:
+		name = o.Name
+	case *corev1.Pod:
+		name = o.Name
+	default:
 		return
 	}
 	w.mu.Lock()
-	for ch := range w.subs[slab.Name] {
+	for ch := range w.subs[name] {
 		select {
 		case ch <- struct{}{}:
 		default:
