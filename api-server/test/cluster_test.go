@@ -410,10 +410,11 @@ func TestGetOrCreateRace(t *testing.T) {
 	if code != 201 || !sr.Spawned || sr.URL == oldURL {
 		t.Fatalf("after terminate: %d %+v (old %s)", code, sr, oldURL)
 	}
-	_, bl, _ := e.call(e.b.control, "GET", "/backends?key=race-room", "")
-	if !strings.Contains(bl, sr.Name) {
-		t.Fatalf("list: %s", bl)
-	}
+	// Replica b lists it as soon as its cache has it.
+	clustertest.Eventually(t, 10*time.Second, "new backend listed on replica b", func() (bool, error) {
+		_, bl, _ := e.call(e.b.control, "GET", "/backends?key=race-room", "")
+		return strings.Contains(bl, sr.URL), fmt.Errorf("list: %s", bl)
+	})
 }
 
 // TestWrongTokenNeverReachesBackend: 403 for wrong/missing tokens, and the
