@@ -287,10 +287,19 @@ func TestSpawnRouteTerminate(t *testing.T) {
 	jar, _ := cookiejar.New(nil)
 	client := &http.Client{Jar: jar, Timeout: 30 * time.Second}
 	u := onRouter(strings.Replace(sr.URL, "/?", "/headers?x=1&", 1), e.b.router)
-	hresp, err := client.Get(u)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Replica b may learn of the pod's IP a moment after replica a saw Ready: 503 until then.
+	var hresp *http.Response
+	clustertest.Eventually(t, 10*time.Second, "GET through router b", func() (bool, error) {
+		var err error
+		if hresp, err = client.Get(u); err != nil {
+			return false, err
+		}
+		if hresp.StatusCode == http.StatusServiceUnavailable {
+			hresp.Body.Close()
+			return false, fmt.Errorf("503")
+		}
+		return true, nil
+	})
 	var echoed struct {
 		Path, Query string
 		Headers     http.Header
@@ -310,10 +319,21 @@ func TestSpawnRouteTerminate(t *testing.T) {
 
 	// WebSocket echo through router a, with the token in the URL.
 	wsURL := "ws" + strings.TrimPrefix(strings.Replace(sr.URL, "/?", "/ws?", 1), "http")
-	ws, wresp, err := websocket.DefaultDialer.Dial(wsURL, nil)
-	if err != nil {
-		t.Fatalf("websocket: %v %v", err, wresp)
-	}
+	var ws *websocket.Conn
+	clustertest.Eventually(t, 10*time.Second, "WebSocket through router a", func() (bool, error) {
+		var (
+			wresp *http.Response
+			err   error
+		)
+		ws, wresp, err = websocket.DefaultDialer.Dial(wsURL, nil)
+		if err != nil && wresp != nil && wresp.StatusCode == http.StatusServiceUnavailable {
+			return false, err
+		}
+		if err != nil {
+			t.Fatalf("websocket: %v %v", err, wresp)
+		}
+		return true, nil
+	})
 	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 	ws.WriteMessage(websocket.TextMessage, []byte("hello through the router"))
 	if _, m, err := ws.ReadMessage(); err != nil || string(m) != "hello through the router" {
