@@ -6,8 +6,9 @@ SHELL := /usr/bin/env bash
 # The workspace's modules (go.work); tool modules under scripts/ build on their own.
 MODULES := apis generated common controller sidecar sweeper api-server e2e
 PKGS := $(addsuffix /...,$(addprefix ./,$(MODULES)))
-# Modules whose tests need a real cluster (build tag `cluster`), in the order they run.
-CLUSTER_TEST_MODULES := e2e/crd controller sweeper api-server e2e/lifecycle
+# Component suites that need a real cluster (build tag `cluster`); each runs its
+# own controller/sweeper/api-server processes in namespaces of its own.
+CLUSTER_TEST_PKGS := ./e2e/crd/... ./controller/test/... ./sweeper/test/... ./api-server/test/...
 
 SPAWNER_CLUSTER_DIR ?= /var/lib/spawner-localcluster
 export KUBECONFIG ?= $(SPAWNER_CLUSTER_DIR)/kubeconfig
@@ -55,10 +56,9 @@ test-cluster: ## the local-cluster test, then every -tags cluster suite against 
 	scripts/test-localcluster.sh
 	scripts/cluster-up.sh
 	scripts/build-images.sh
-	for m in $(CLUSTER_TEST_MODULES); do \
-		if ls $$m/*.go $$m/*/*.go >/dev/null 2>&1; then \
-			echo "==> go test -tags cluster ./$$m/..."; go test -count=1 -tags cluster -timeout 20m ./$$m/...; \
-		fi; done
+	for pkg in $(CLUSTER_TEST_PKGS); do \
+		echo "==> go test -tags cluster $$pkg"; go test -count=1 -tags cluster -timeout 20m $$pkg; done
+	$(MAKE) --no-print-directory e2e
 
 .PHONY: e2e
 e2e: ## deploy spawner from deploy/local, then run the end-to-end suite against the cluster KUBECONFIG points at
