@@ -264,7 +264,11 @@ const unknownBackendWait = 2 * time.Second
 // route authorizes and proxies one request to /p/{name}/...
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	slab, upstream := s.awaitRoutable(r, name)
+	slab, upstream := s.routable(name)
+	if slab == nil {
+		// Not in the cache (yet): another replica may have just created it.
+		slab, upstream = s.awaitRoutable(r, name)
+	}
 	if slab == nil || !live(slab) {
 		s.metrics.routeNotFound.Inc()
 		writeError(w, http.StatusNotFound, "no such backend")
@@ -294,6 +298,15 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		})
 		r.URL.RawQuery = rest
 		r.URL.ForceQuery = false
+	}
+	if upstream == "" {
+		// Authorized but still starting: hold the request a while (only now,
+		// so a request without the token is refused at once).
+		if slab, upstream = s.awaitRoutable(r, name); slab == nil || !live(slab) {
+			s.metrics.routeNotFound.Inc()
+			writeError(w, http.StatusNotFound, "no such backend")
+			return
+		}
 	}
 	if upstream == "" {
 		s.metrics.routeNotReady.Inc()

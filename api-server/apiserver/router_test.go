@@ -249,3 +249,25 @@ func TestQueryToken(t *testing.T) {
 		}
 	}
 }
+
+// A starting backend is waited for (--router-ready-wait) only once the
+// request is authorized: without the token the answer is immediate.
+func TestRouterWaitsOnlyForAuthorized(t *testing.T) {
+	app := newFakeApp(t)
+	e := newTestEnv(t, app.port())
+	e.s.cfg.RouterReadyWait = 5 * time.Second
+	tok := e.addBackend("slab-wait", lifecycle.Running)
+	start := time.Now()
+	if resp := get(t, e.router.URL+"/p/slab-wait/", nil); resp.StatusCode != 403 || time.Since(start) > time.Second {
+		t.Fatalf("unauthorized: %d after %v", resp.StatusCode, time.Since(start))
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		e.updatePhase("slab-wait", lifecycle.Ready)
+	}()
+	start = time.Now()
+	resp := get(t, e.router.URL+"/p/slab-wait/x?spawner_token="+tok, nil)
+	if resp.StatusCode != 200 || time.Since(start) > 4*time.Second {
+		t.Fatalf("authorized: %d after %v", resp.StatusCode, time.Since(start))
+	}
+}
