@@ -15,9 +15,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
@@ -59,24 +60,31 @@ func TestThroughputBenchmark(t *testing.T) {
 
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			w, err := kube.CoreV1().Pods(e.ns).Watch(ctx, metav1.ListOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer w.Stop()
+			// An informer, not a bare watch: it relists if the API server drops
+			// the watch under the burst of 1000 pod events.
 			allPods := make(chan time.Time, 1)
-			go func() {
-				seen := map[string]bool{}
-				for ev := range w.ResultChan() {
-					if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type == watch.Added && !seen[p.Name] {
+			factory := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace(e.ns))
+			var mu sync.Mutex
+			seen := map[string]bool{}
+			factory.Core().V1().Pods().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+				AddFunc: func(obj interface{}) {
+					p, ok := obj.(*corev1.Pod)
+					if !ok {
+						return
+					}
+					mu.Lock()
+					defer mu.Unlock()
+					if !seen[p.Name] {
 						seen[p.Name] = true
 						if len(seen) == n {
 							allPods <- time.Now()
-							return
 						}
 					}
-				}
-			}()
+				},
+			})
+			factory.Start(ctx.Done())
+			factory.WaitForCacheSync(ctx.Done())
+			defer factory.Shutdown()
 
 			create := func() (time.Time, time.Duration) {
 				began := time.Now()

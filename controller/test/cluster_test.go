@@ -102,7 +102,9 @@ func TestFailureReasons(t *testing.T) {
 		reason  string
 		message string
 	}{
-		"invalid-image": {func(s *spawnerv1.SessionLivedBackend) { s.Spec.Template.Containers[0].Image = "localhost/Not A Valid:Image" },
+		"invalid-image": {func(s *spawnerv1.SessionLivedBackend) {
+			s.Spec.Template.Containers[0].Image = "localhost/Not A Valid:Image"
+		},
 			lifecycle.ReasonImagePullFailed, "InvalidImageName"},
 		"missing-image": {func(s *spawnerv1.SessionLivedBackend) {
 			s.Spec.Template.Containers[0].Image = "localhost/spawner-does-not-exist:dev"
