@@ -84,7 +84,7 @@ func TestThroughputBenchmark(t *testing.T) {
 			})
 			factory.Start(ctx.Done())
 			factory.WaitForCacheSync(ctx.Done())
-			defer factory.Shutdown()
+			defer func() { cancel(); factory.Shutdown() }()
 
 			create := func() (time.Time, time.Duration) {
 				began := time.Now()
