@@ -194,8 +194,10 @@ func (e *env) spawnMany(prefix, delay string, n, parallel int) (fromListen, from
 // watchFlip holds the test's own /_events stream to the backend's sidecar and
 // sends the moment it reports ready: true — the same moment the sweeper's
 // stream hears it, since the sidecar tells every subscriber at once. It sends
-// nothing when its stream opened too late to see the flip.
+// the zero time when its stream opened too late to see the flip.
 func (e *env) watchFlip(ctx context.Context, name string, out chan<- time.Time) {
+	var flip time.Time
+	defer func() { out <- flip }()
 	ip := ""
 	for ip == "" {
 		if ctx.Err() != nil {
@@ -231,7 +233,7 @@ func (e *env) watchFlip(ctx context.Context, name string, out chan<- time.Time) 
 		now := time.Now()
 		ready := strings.Contains(line, `"ready":true`)
 		if ready && !first {
-			out <- now
+			flip = now
 			return
 		}
 		if ready {
