@@ -157,7 +157,7 @@ func TestThroughputBenchmark(t *testing.T) {
 			}
 			if code, body := e.httpGet("/metrics"); code == 200 {
 				for _, line := range strings.Split(body, "\n") {
-					if strings.HasPrefix(line, "spawner_controller_reconcile") && !strings.Contains(line, "_bucket") {
+					if (strings.HasPrefix(line, "spawner_controller_reconcile") || strings.HasPrefix(line, "spawner_controller_pods_created")) && !strings.Contains(line, "_bucket") {
 						t.Log(line)
 					}
 				}
