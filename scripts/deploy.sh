@@ -38,11 +38,27 @@ kind: Kustomization
 resources:
   - ../../deploy/local
 patches:
-  - target: {kind: Deployment, name: spawner-api}
-    patch: |-
-      - op: replace
-        path: /spec/template/spec/containers/0/env/0/value
-        value: $public_url
+  # Strategic-merge patches: env entries are merged by name.
+  - patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {name: spawner-api, namespace: $NS}
+      spec:
+        template:
+          spec:
+            containers:
+              - name: api-server
+                env: [{name: SPAWNER_PUBLIC_URL, value: "$public_url"}]
+  - patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata: {name: spawner-controller, namespace: $NS}
+      spec:
+        template:
+          spec:
+            containers:
+              - name: controller
+                env: [{name: SPAWNER_PUBLIC_BASE_URL, value: "$public_url"}]
 YAML
 
 log "applying deploy/local (public URL $public_url)"
