@@ -12,7 +12,6 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"spawner.dev/apis/lifecycle"
 )
 
 const grace = 5 * time.Second
@@ -171,7 +170,7 @@ func TestUnreachableSidecarIsNeverSwept(t *testing.T) {
 	e.assertStaysReady("blocked", grace+2*time.Second)
 	unblock()
 	unblockedAt := time.Now()
-	_, seen := e.waitPhase("blocked", lifecycle.Swept, 30*time.Second)
+	_, seen := e.waitSwept("blocked", 30*time.Second)
 	// At worst a connect attempt in flight (2 s timeout) then the capped
 	// 5 s backoff, a connect, a confirming read and a status write.
 	if d := seen.Sub(unblockedAt); d > 8*time.Second {

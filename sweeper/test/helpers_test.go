@@ -22,6 +22,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -268,7 +269,7 @@ func (e *env) assertStaysReady(name string, d time.Duration) {
 // earlier (minus the test's own timing slack), not more than 1 s later.
 func (e *env) sweptAfter(name string, idleSince time.Time, grace time.Duration) {
 	e.t.Helper()
-	s, seen := e.waitPhase(name, lifecycle.Swept, grace+30*time.Second)
+	s, seen := e.waitSwept(name, grace+30*time.Second)
 	late := seen.Sub(idleSince.Add(grace))
 	e.t.Logf("%s swept %v after going idle (grace %v): %+v off the deadline", name, seen.Sub(idleSince).Round(time.Millisecond), grace, late.Round(time.Millisecond))
 	if late < -150*time.Millisecond || late > time.Second {
@@ -284,6 +285,44 @@ func (e *env) sweptAfter(name string, idleSince time.Time, grace time.Duration) 
 	if swept.Reason != lifecycle.ReasonIdle {
 		e.t.Errorf("Swept reason %q, want Idle", swept.Reason)
 	}
+}
+
+// waitSwept watches the slab until its Swept condition is true and returns
+// it with the time the watch delivered that. A watch sees every write, so
+// the controller moving it on to Terminating right after cannot hide it.
+func (e *env) waitSwept(name string, timeout time.Duration) (*spawnerv1.SessionLivedBackend, time.Time) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	client := e.sp.SpawnerV1().SessionLivedBackends(e.ns)
+	cur, err := client.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if meta.IsStatusConditionTrue(cur.Status.Conditions, lifecycle.ConditionSwept) {
+		return cur, time.Now()
+	}
+	w, err := client.Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name, ResourceVersion: cur.ResourceVersion})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer w.Stop()
+	for ev := range w.ResultChan() {
+		now := time.Now()
+		s, ok := ev.Object.(*spawnerv1.SessionLivedBackend)
+		if !ok {
+			continue
+		}
+		cur = s
+		if meta.IsStatusConditionTrue(s.Status.Conditions, lifecycle.ConditionSwept) {
+			return s, now
+		}
+		if s.Status.Phase == lifecycle.Failed {
+			e.t.Fatalf("slab %s failed while waiting for Swept: %s", name, describe(s))
+		}
+	}
+	e.t.Fatalf("slab %s not Swept within %v: %s", name, timeout, describe(cur))
+	return nil, time.Time{}
 }
 
 // gone waits for the controller to delete the swept backend.
