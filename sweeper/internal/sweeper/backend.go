@@ -232,6 +232,8 @@ func (b *backend) fire(gen uint64) {
 	t, readySince := b.t, b.readySince
 	b.mu.Unlock()
 
+	// The slab is read while the sidecar is confirmed, saving a round trip.
+	prefetch := b.s.prefetchSlab(b.ctx, t)
 	ev, err := readOnce(b.ctx, t.addr, b.s.cfg.ConfirmTimeout)
 	if err != nil {
 		// Not readable now: not idle as far as we know. Drop the stream
@@ -259,7 +261,7 @@ func (b *backend) fire(gen uint64) {
 		b.mu.Unlock()
 		return
 	}
-	_, err = b.s.markSwept(b.ctx, t, ev)
+	_, err = b.s.markSwept(b.ctx, t, ev, prefetch)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.sweeping = false

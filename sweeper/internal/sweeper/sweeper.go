@@ -271,6 +271,22 @@ func (s *Sweeper) deletePod(obj any) {
 	}
 }
 
+type slabResult struct {
+	slab *spawnerv1.SessionLivedBackend
+	err  error
+}
+
+// prefetchSlab GETs the slab in the background (a short-lived goroutine,
+// only when a deadline fires); the result arrives on the channel.
+func (s *Sweeper) prefetchSlab(ctx context.Context, t target) <-chan slabResult {
+	ch := make(chan slabResult, 1)
+	go func() {
+		slab, err := s.slabs.SpawnerV1().SessionLivedBackends(t.namespace).Get(ctx, t.slab, metav1.GetOptions{})
+		ch <- slabResult{slab, err}
+	}()
+	return ch
+}
+
 // maxWriteAttempts bounds read-modify-write retries on conflicts.
 const maxWriteAttempts = 8
 
@@ -341,11 +357,17 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 // markSwept records Swept (reason Idle) and lastActiveTime in one status
 // write, unless the phase machine says the slab is past that. swept reports
 // whether this call recorded it.
-func (s *Sweeper) markSwept(ctx context.Context, t target, ev Event) (swept bool, err error) {
+func (s *Sweeper) markSwept(ctx context.Context, t target, ev Event, prefetched <-chan slabResult) (swept bool, err error) {
 	client := s.slabs.SpawnerV1().SessionLivedBackends(t.namespace)
 	idle := s.clock.Now().Sub(ev.LastActive).Round(time.Millisecond)
 	for attempt := 1; ; attempt++ {
-		slab, err := client.Get(ctx, t.slab, metav1.GetOptions{})
+		var slab *spawnerv1.SessionLivedBackend
+		if attempt == 1 && prefetched != nil {
+			r := <-prefetched
+			slab, err = r.slab, r.err
+		} else {
+			slab, err = client.Get(ctx, t.slab, metav1.GetOptions{})
+		}
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
