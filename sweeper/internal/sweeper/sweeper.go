@@ -317,12 +317,14 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 		}
 		if meta.IsStatusConditionTrue(slab.Status.Conditions, lifecycle.ConditionReady) {
 			// Already Ready (say, recorded before this sweeper restarted):
-			// its readyTime is second-rounded, so count from the second after.
+			// count from its readyTime. That is second-truncated, which can
+			// only matter when nothing happened since Ready, and even then
+			// the deadline is never before the sidecar's last_active + grace.
 			since := received
 			if rt := slab.Status.ReadyTime; rt != nil {
-				since = rt.Add(time.Second)
+				since = rt.Time
 			} else if tt := lifecycle.TransitionTime(slab.Status.Conditions, lifecycle.ConditionReady); tt != nil {
-				since = tt.Add(time.Second)
+				since = tt.Time
 			}
 			b.readyRecorded(since, false)
 			return
