@@ -57,7 +57,7 @@ test-cluster: ## the local-cluster test, then every -tags cluster suite against 
 	scripts/cluster-up.sh
 	scripts/build-images.sh
 	for pkg in $(CLUSTER_TEST_PKGS); do \
-		echo "==> go test -tags cluster $$pkg"; go test -count=1 -tags cluster -timeout 20m $$pkg; done
+		echo "==> go test -tags cluster $$pkg"; go test -count=1 -tags cluster -parallel 8 -timeout 20m $$pkg; done
 	$(MAKE) --no-print-directory e2e
 
 .PHONY: e2e
