@@ -64,7 +64,14 @@ YAML
 log "applying deploy/local (public URL $public_url)"
 # The CRD first, so the components' informers find it when they start.
 k apply -k "$SPAWNER_ROOT/deploy/crd" >/dev/null
-k wait --for=condition=Established crd/sessionlivedbackends.spawner.dev --timeout=60s >/dev/null
+# A brand-new CRD has no status.conditions for a moment, and `kubectl wait` fails on that
+# rather than waiting: retry until it is Established.
+for _ in $(seq 1 60); do
+	k wait --for=condition=Established crd/sessionlivedbackends.spawner.dev --timeout=5s >/dev/null 2>&1 && break
+	sleep 1
+done
+k wait --for=condition=Established crd/sessionlivedbackends.spawner.dev --timeout=5s >/dev/null ||
+	die "the SessionLivedBackend CRD did not become Established within a minute (kubectl describe crd sessionlivedbackends.spawner.dev)"
 k apply -k "$overlay" >/dev/null || die "kubectl apply -k deploy/local failed"
 for w in deployment/spawner-controller daemonset/spawner-sweeper deployment/spawner-api; do
 	k -n "$NS" rollout status "$w" --timeout=180s >/dev/null ||
