@@ -62,6 +62,25 @@ func dialRoom(t testing.TB, backendURL string) *websocket.Conn {
 	return conn
 }
 
+// waitForMembers waits until the demo room counts n members: a client's
+// handshake completes before the room has registered it, and a message sent
+// in between would never reach that member.
+func waitForMembers(t testing.TB, backendURL string, n int64) {
+	t.Helper()
+	clustertest.Eventually(t, 10*time.Second, fmt.Sprintf("%d members in the room", n), func() (bool, error) {
+		resp, err := http.Get(httpURL(t, backendURL, "/stats"))
+		if err != nil {
+			return false, err
+		}
+		defer resp.Body.Close()
+		var stats map[string]int64
+		if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
+			return false, err
+		}
+		return stats["members"] == n, nil
+	})
+}
+
 func readMessage(t testing.TB, conn *websocket.Conn) (int, []byte) {
 	t.Helper()
 	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
@@ -101,6 +120,7 @@ func TestBackendLifecycle(t *testing.T) {
 	}
 
 	alice, bob := dialRoom(t, backend.URL), dialRoom(t, backend.URL)
+	waitForMembers(t, backend.URL, 2)
 	// Plain HTTP through the router while the sockets are open.
 	page, err := http.Get(backend.URL)
 	if err != nil {
@@ -209,6 +229,7 @@ func TestKeyedSpawnGivesEveryCallerTheSameRoom(t *testing.T) {
 
 	e.WaitForState(t, answers[0].Name, "Ready", 90*time.Second)
 	members := []*websocket.Conn{dialRoom(t, answers[0].URL), dialRoom(t, answers[callers/2].URL), dialRoom(t, answers[callers-1].URL)}
+	waitForMembers(t, answers[0].URL, 3)
 	if err := members[1].WriteMessage(websocket.TextMessage, []byte("one room")); err != nil {
 		t.Fatal(err)
 	}
