@@ -264,11 +264,20 @@ func (e *Env) WaitForState(t testing.TB, name, state string, timeout time.Durati
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var seen []StatusEvent
-	for ev := range e.Stream(ctx, t, name) {
-		seen = append(seen, ev)
-		if ev.State == state {
-			return seen
+	// A stream can end early when the replica serving it dies; like a
+	// browser's EventSource, reconnect (each stream replays the past).
+	for ctx.Err() == nil {
+		seen = nil
+		for ev := range e.Stream(ctx, t, name) {
+			seen = append(seen, ev)
+			if ev.State == state {
+				return seen
+			}
+			if ev.State == "Deleted" || (ev.State == "Failed" && state != "Failed") {
+				t.Fatalf("backend %s ended as %s (%s: %s) instead of reaching %s; states seen: %+v", name, ev.State, ev.Reason, ev.Message, state, seen)
+			}
 		}
+		time.Sleep(250 * time.Millisecond)
 	}
 	t.Fatalf("backend %s never reached %s within %v; states seen: %+v", name, state, timeout, seen)
 	return nil
