@@ -196,6 +196,9 @@ resolvConf: /etc/resolv.conf
 podLogsDir: $CD/pod-logs
 staticPodPath: ""
 serializeImagePulls: false
+# The default of 110 pods leaves no room for a burst of 100 backends plus the
+# system pods and pods still terminating from earlier tests.
+maxPods: 250
 imageGCHighThresholdPercent: 95
 imageGCLowThresholdPercent: 90
 evictionHard:
