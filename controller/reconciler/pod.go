@@ -65,7 +65,7 @@ func BuildPod(slab *spawnerv1.SessionLivedBackend, sc SidecarOptions) *corev1.Po
 			Tolerations:                   t.Tolerations,
 			Affinity:                      t.Affinity,
 			ServiceAccountName:            t.ServiceAccountName,
-			AutomountServiceAccountToken:  t.AutomountServiceAccountToken,
+			AutomountServiceAccountToken:  automountToken(t.AutomountServiceAccountToken),
 			SecurityContext:               t.SecurityContext,
 			PriorityClassName:             t.PriorityClassName,
 			RuntimeClassName:              t.RuntimeClassName,
@@ -73,6 +73,20 @@ func BuildPod(slab *spawnerv1.SessionLivedBackend, sc SidecarOptions) *corev1.Po
 			RestartPolicy:                 corev1.RestartPolicyNever,
 		},
 	}
+}
+
+// automountToken is the template's choice, or false when it makes none: a
+// backend serves one user's session and has no business with the Kubernetes
+// API unless its author says so. Leaving the token out also leaves the pod
+// without volumes to wait for, which the kubelet otherwise polls for every
+// 300 ms before it creates the sandbox.
+func automountToken(fromTemplate *bool) *bool {
+	if fromTemplate != nil {
+		v := *fromTemplate
+		return &v
+	}
+	v := false
+	return &v
 }
 
 func sidecarContainer(upstream int32, sc SidecarOptions) corev1.Container {

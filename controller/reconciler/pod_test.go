@@ -130,4 +130,27 @@ func TestBuildPodDefaults(t *testing.T) {
 	if pod.Spec.Containers[1].Resources.Requests != nil || pod.Spec.TerminationGracePeriodSeconds != nil {
 		t.Errorf("unexpected defaults: %+v", pod.Spec)
 	}
+	if a := pod.Spec.AutomountServiceAccountToken; a == nil || *a {
+		t.Errorf("automountServiceAccountToken %v, want false when the template says nothing", a)
+	}
+}
+
+func TestBuildPodKeepsTheTemplatesTokenChoice(t *testing.T) {
+	for _, want := range []bool{true, false} {
+		slab := &spawnerv1.SessionLivedBackend{
+			ObjectMeta: metav1.ObjectMeta{Name: "b", Namespace: "ns"},
+			Spec: spawnerv1.SessionLivedBackendSpec{Template: spawnerv1.BackendPodTemplate{
+				AutomountServiceAccountToken: ptr.To(want),
+				Containers:                   []corev1.Container{{Name: "app", Image: "x"}},
+			}},
+		}
+		pod := BuildPod(slab, SidecarOptions{Image: "s"})
+		if a := pod.Spec.AutomountServiceAccountToken; a == nil || *a != want {
+			t.Errorf("template %v: pod has %v", want, a)
+		}
+		*slab.Spec.Template.AutomountServiceAccountToken = !want
+		if *pod.Spec.AutomountServiceAccountToken != want {
+			t.Error("the pod shares the slab's pointer")
+		}
+	}
 }
