@@ -15,7 +15,7 @@ func BenchmarkProxyGET(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			resp, err := client.Get(s.public.URL + "/")
+			resp, err := client.Get(s.publicURL + "/")
 			if err != nil {
 				b.Error(err)
 				return

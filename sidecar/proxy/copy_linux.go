@@ -70,6 +70,40 @@ func copyStream(dst io.Writer, src net.Conn, observe func([]byte)) error {
 	}
 }
 
+func (cr *connReader) init(c net.Conn) {
+	cr.conn = c
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			cr.raw = raw
+			cr.rawRead = cr.readFD
+		}
+	}
+}
+
+// readFD is the read callback: it takes a buffer only for the read(2) itself
+// and gives it back if there is nothing to read yet, so the wait for
+// readability holds no buffer.
+func (cr *connReader) readFD(fd uintptr) bool {
+	cr.acquire()
+	for {
+		cr.n, cr.err = syscall.Read(int(fd), cr.buf[cr.w:])
+		if cr.err != syscall.EINTR {
+			break
+		}
+	}
+	if cr.err == syscall.EAGAIN {
+		cr.release()
+		return false
+	}
+	if cr.n <= 0 {
+		cr.n = 0
+		if cr.err == nil {
+			cr.err = io.EOF
+		}
+	}
+	return true
+}
+
 // peerClosed reports whether the app closed (or wrote unexpectedly on) an
 // idle pooled connection, by peeking without blocking.
 func peerClosed(c net.Conn) bool {
@@ -89,4 +123,21 @@ func peerClosed(c net.Conn) bool {
 		return true
 	})
 	return closed || err != nil
+}
+
+// waitPeerClosed waits until the connection is readable and reports whether
+// that is because the peer closed or reset it; it returns false when data
+// arrives (a pipelined request) or the wait is cut by a read deadline.
+func waitPeerClosed(rc syscall.RawConn) bool {
+	closed := false
+	err := rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, perr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		if perr == syscall.EAGAIN {
+			return false
+		}
+		closed = n == 0 || perr != nil
+		return true
+	})
+	return err == nil && closed
 }

@@ -5,7 +5,10 @@ package proxy
 import (
 	"io"
 	"net"
+	"syscall"
 )
+
+func (cr *connReader) init(c net.Conn) { cr.conn = c }
 
 func copyStream(dst io.Writer, src net.Conn, observe func([]byte)) error {
 	return plainCopy(dst, src, observe)
@@ -14,3 +17,7 @@ func copyStream(dst io.Writer, src net.Conn, observe func([]byte)) error {
 // peerClosed cannot peek portably; a stale connection is then caught by the
 // retry of idempotent requests.
 func peerClosed(net.Conn) bool { return false }
+
+// waitPeerClosed is never called here: without a raw connection the client
+// is not watched, and a departed client is noticed when a write to it fails.
+func waitPeerClosed(syscall.RawConn) bool { return false }

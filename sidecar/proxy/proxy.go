@@ -9,13 +9,9 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net"
-	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,7 +30,8 @@ const (
 	halfCloseGrace = 10 * time.Second
 )
 
-// bufPool holds copy buffers; pointers avoid an allocation per Put.
+// bufPool holds the WebSocket pumps' copy buffers; pointers avoid an
+// allocation per Put.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufferSize); return &b }}
 
 // Config configures a Proxy.
@@ -45,327 +42,78 @@ type Config struct {
 	// MaxIdle caps idle upstream connections kept for reuse; size it for the
 	// expected concurrency (every in-flight request holds one).
 	MaxIdle int
+	// IdleTimeout ends a client connection that sends no new request for
+	// this long (default 5 minutes).
+	IdleTimeout time.Duration
+	// ReadHeaderTimeout bounds the arrival of a request head once its first
+	// bytes are in (default 1 minute).
+	ReadHeaderTimeout time.Duration
 }
 
-// Proxy is the public port's http.Handler.
+// Proxy serves the public port (see Serve).
 type Proxy struct {
-	tracker *activity.Tracker
-	m       *Metrics
-	pool    connPool
+	tracker                        *activity.Tracker
+	m                              *Metrics
+	pool                           connPool
+	idleTimeout, readHeaderTimeout time.Duration
+
+	draining  atomic.Bool
+	mu        sync.Mutex
+	closing   bool // guarded by mu, set with draining
+	listeners []net.Listener
+	conns     map[*clientConn]struct{}
 }
 
 // New returns a proxy for c.
 func New(c Config) *Proxy {
-	return &Proxy{tracker: c.Tracker, m: c.Metrics, pool: connPool{addr: c.Upstream, max: c.MaxIdle}}
+	p := &Proxy{
+		tracker:           c.Tracker,
+		m:                 c.Metrics,
+		pool:              connPool{addr: c.Upstream, max: c.MaxIdle},
+		idleTimeout:       c.IdleTimeout,
+		readHeaderTimeout: c.ReadHeaderTimeout,
+		conns:             map[*clientConn]struct{}{},
+	}
+	if p.idleTimeout <= 0 {
+		p.idleTimeout = 5 * time.Minute
+	}
+	if p.readHeaderTimeout <= 0 {
+		p.readHeaderTimeout = time.Minute
+	}
+	return p
 }
 
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p.tracker.RequestStarted()
-	defer p.tracker.RequestFinished()
-	p.m.requests.Inc()
-	if isWebSocketUpgrade(r.Header) {
-		p.serveUpgrade(w, r)
-		return
+// startTunnel writes the app's 101 to the client and splices the two
+// connections with a frame parser on each way. The 101 head goes out as the
+// app wrote it: its Upgrade, Connection and Sec-WebSocket-* fields are the
+// handshake.
+func (cc *clientConn) startTunnel(uc *upstreamConn) {
+	p := cc.p
+	w := getWriter(cc.conn)
+	w.WriteString("HTTP/1.1 ")
+	w.Write(cc.resp.statusRest)
+	w.WriteString("\r\n")
+	for i := range cc.resp.fields {
+		writeField(w, cc.resp.fields[i].name, cc.resp.fields[i].value)
 	}
-	p.forward(w, r)
-}
-
-// forward sends one plain HTTP request upstream and streams the answer back.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request) {
-	// Only a request without a body can be sent again, and only an idempotent
-	// one should be: the app may have acted on it before dropping the
-	// connection.
-	replayable := r.Body == http.NoBody && isIdempotent(r.Method)
-	var (
-		uc   *upstreamConn
-		resp *http.Response
-		stop func() bool
-	)
-	for {
-		var reused bool
-		var err error
-		uc, reused, err = p.pool.get()
-		if err != nil {
-			p.badGateway(w)
-			return
-		}
-		// A client that goes away (long poll, SSE) must free the upstream
-		// connection and end the request, or it would look active forever.
-		stop = context.AfterFunc(r.Context(), uc.abort)
-		resp, err = p.roundTrip(uc, r)
-		if err == nil {
-			break
-		}
-		stop()
-		uc.Close()
-		if r.Context().Err() != nil {
-			return
-		}
-		if !(reused && replayable) {
-			p.badGateway(w)
-			return
-		}
-		// The app had closed this pooled connection; try another one.
-	}
-	complete := false
-	defer func() { // deferred: copyResponse panics to abort a truncated response
-		if stop() && complete && !resp.Close {
-			p.pool.put(uc)
-		} else {
-			uc.Close()
-		}
-	}()
-	// The copy buffer is taken only now, so a long poll waiting for its
-	// answer holds none.
-	bufp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bufp)
-	complete = p.copyResponse(w, resp, uc.br, *bufp)
-}
-
-// roundTrip writes r upstream and reads the response head.
-func (p *Proxy) roundTrip(uc *upstreamConn, r *http.Request) (*http.Response, error) {
-	writeRequestHead(uc.bw, r, false)
-	if err := p.writeBody(uc.bw, r); err != nil {
-		return nil, err
-	}
-	if err := uc.bw.Flush(); err != nil {
-		return nil, err
-	}
-	return readResponse(uc.br, r)
-}
-
-// writeRequestHead writes the request line and headers, minus hop-by-hop ones.
-func writeRequestHead(bw *bufio.Writer, r *http.Request, upgrade bool) {
-	bw.WriteString(r.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(r.RequestURI) // as received, byte for byte
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(r.Host)
-	bw.WriteString("\r\n")
-	connection := r.Header["Connection"]
-	for k, vv := range r.Header {
-		if isHopByHop(k) || isRewrittenRequestHeader(k) || listedInConnection(k, connection) {
-			continue
-		}
-		for _, v := range vv {
-			writeHeaderLine(bw, k, v)
-		}
-	}
-	bw.WriteString("X-Forwarded-For: ")
-	for _, prior := range r.Header["X-Forwarded-For"] {
-		bw.WriteString(prior)
-		bw.WriteString(", ")
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	w.WriteString("\r\n")
+	err := w.Flush()
+	putWriter(w)
 	if err != nil {
-		host = r.RemoteAddr
-	}
-	bw.WriteString(host)
-	bw.WriteString("\r\n")
-	if _, ok := r.Header["X-Forwarded-Proto"]; !ok {
-		bw.WriteString("X-Forwarded-Proto: http\r\n")
-	}
-	if upgrade {
-		bw.WriteString("Connection: Upgrade\r\n")
-		for _, v := range r.Header["Upgrade"] {
-			writeHeaderLine(bw, "Upgrade", v)
-		}
-	}
-	switch {
-	case r.ContentLength > 0 || r.ContentLength == 0 && r.Header["Content-Length"] != nil:
-		bw.WriteString("Content-Length: ")
-		var num [20]byte
-		bw.Write(strconv.AppendInt(num[:0], r.ContentLength, 10))
-		bw.WriteString("\r\n")
-	case r.ContentLength < 0:
-		bw.WriteString("Transfer-Encoding: chunked\r\n")
-	}
-	bw.WriteString("\r\n")
-}
-
-func writeHeaderLine(bw *bufio.Writer, k, v string) {
-	bw.WriteString(k)
-	bw.WriteString(": ")
-	bw.WriteString(v)
-	bw.WriteString("\r\n")
-}
-
-// writeBody copies the request body upstream, re-chunking a body of unknown
-// length (net/http has already decoded the client's chunking).
-func (p *Proxy) writeBody(bw *bufio.Writer, r *http.Request) error {
-	if r.Body == http.NoBody || r.Body == nil {
-		return nil
-	}
-	bufp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bufp)
-	buf := *bufp
-	chunked := r.ContentLength < 0
-	var total int64
-	defer func() { p.m.toApp.bytes.Add(uint64(total)) }()
-	for {
-		n, err := r.Body.Read(buf)
-		if n > 0 {
-			total += int64(n)
-			if chunked {
-				var num [16]byte
-				bw.Write(strconv.AppendInt(num[:0], int64(n), 16))
-				bw.WriteString("\r\n")
-			}
-			if _, werr := bw.Write(buf[:n]); werr != nil {
-				return werr
-			}
-			if chunked {
-				bw.WriteString("\r\n")
-			}
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if chunked {
-		_, err := bw.WriteString("0\r\n\r\n")
-		return err
-	}
-	return nil
-}
-
-// readResponse reads the next final response head, dropping informational
-// ones (100 Continue was already answered to the client by net/http).
-func readResponse(br *bufio.Reader, r *http.Request) (*http.Response, error) {
-	for {
-		resp, err := http.ReadResponse(br, r)
-		if err != nil || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
-			return resp, err
-		}
-	}
-}
-
-// copyResponse sends resp to the client and reports whether its body was
-// read to the end, which is when the upstream connection can be reused.
-// Data is flushed whenever the upstream has nothing more buffered, so
-// streamed responses (SSE, long polls) reach the client as they come while
-// ordinary responses still go out in one write.
-func (p *Proxy) copyResponse(w http.ResponseWriter, resp *http.Response, upstream *bufio.Reader, buf []byte) bool {
-	h := w.Header()
-	connection := resp.Header["Connection"]
-	for k, vv := range resp.Header {
-		if isHopByHop(k) || listedInConnection(k, connection) {
-			continue
-		}
-		h[k] = vv
-	}
-	w.WriteHeader(resp.StatusCode)
-	flusher, _ := w.(http.Flusher)
-	var total int64
-	defer func() { p.m.fromApp.bytes.Add(uint64(total)) }()
-	for {
-		n, err := resp.Body.Read(buf)
-		if n > 0 {
-			total += int64(n)
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return false // the client went away
-			}
-			more := resp.ContentLength < 0 || total < resp.ContentLength
-			if err == nil && more && upstream.Buffered() == 0 && flusher != nil {
-				flusher.Flush()
-			}
-		}
-		if err == io.EOF {
-			return true
-		}
-		if err != nil {
-			// The app broke off mid-body. Abort the client connection too, so
-			// the truncation is visible instead of a clean end of response.
-			p.m.upstreamErrors.Inc()
-			panic(http.ErrAbortHandler)
-		}
-	}
-}
-
-func (p *Proxy) badGateway(w http.ResponseWriter) {
-	p.m.upstreamErrors.Inc()
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusBadGateway)
-	io.WriteString(w, "502 Bad Gateway: the app is not answering\n")
-}
-
-func isIdempotent(method string) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	return false
-}
-
-// serveUpgrade forwards a WebSocket handshake and, once the app switches
-// protocols, splices the two connections with a frame parser on each way.
-func (p *Proxy) serveUpgrade(w http.ResponseWriter, r *http.Request) {
-	conn, err := p.pool.dial()
-	if err != nil {
-		p.badGateway(w)
-		return
-	}
-	uc := newUpstreamConn(conn)
-	stop := context.AfterFunc(r.Context(), uc.abort)
-	writeRequestHead(uc.bw, r, true)
-	err = uc.bw.Flush()
-	var resp *http.Response
-	if err == nil {
-		resp, err = readResponse(uc.br, r)
-	}
-	if !stop() {
-		uc.Close() // the client went away during the handshake
-		return
-	}
-	if err != nil {
-		uc.Close()
-		p.badGateway(w)
-		return
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		// The app refused the upgrade; relay its answer as a normal response.
-		bufp := bufPool.Get().(*[]byte)
-		defer bufPool.Put(bufp)
-		defer uc.Close()
-		p.copyResponse(w, resp, uc.br, *bufp)
-		return
-	}
-	client, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		uc.Close()
-		return
-	}
-	// The public server's header timeout must not end a long-lived socket.
-	client.SetDeadline(time.Time{})
-	// The 101 head goes out as the app wrote it: its Upgrade, Connection and
-	// Sec-WebSocket-* headers are the handshake.
-	brw.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
-	resp.Header.Write(brw)
-	brw.WriteString("\r\n")
-	if err := brw.Flush(); err != nil {
-		client.Close()
-		uc.Close()
+		uc.close()
 		return
 	}
 	p.m.upgrades.Inc()
 	// Bytes already read past the heads belong to the streams. They are
-	// copied out so the 4 KiB bufio buffers can be freed: idle sockets then
+	// copied out so the read buffers go back to the pool: idle sockets then
 	// hold no buffers at all.
-	t := &tunnel{p: p, client: client, app: uc.Conn, socket: p.tracker.SocketOpened()}
-	fromClient := bufferedBytes(brw.Reader)
-	fromApp := bufferedBytes(uc.br)
-	go t.pump(client, uc.Conn, fromClient, &p.m.toApp)
-	go t.pump(uc.Conn, client, fromApp, &p.m.fromApp)
-}
-
-func bufferedBytes(br *bufio.Reader) []byte {
-	b, _ := br.Peek(br.Buffered())
-	return bytes.Clone(b)
+	fromClient := cc.in.detach()
+	fromApp := uc.in.detach()
+	uc.releaseBuffers()
+	cc.tunnelled = true
+	t := &tunnel{p: p, client: cc.conn, app: uc.Conn, socket: p.tracker.SocketOpened()}
+	go t.pump(cc.conn, uc.Conn, fromClient, &p.m.toApp)
+	go t.pump(uc.Conn, cc.conn, fromApp, &p.m.fromApp)
 }
 
 // tunnel is one upgraded connection: two pumps, one per direction.
@@ -424,16 +172,40 @@ func (t *tunnel) pump(src, dst net.Conn, early []byte, d *direction) {
 	t.socket.Closed()
 }
 
-// upstreamConn is one connection to the app with its buffered reader/writer.
+// upstreamConn is one connection to the app. Its buffers are held only
+// while it carries an exchange, not while it waits in the pool.
 type upstreamConn struct {
 	net.Conn
-	br        *bufio.Reader
-	bw        *bufio.Writer
+	in        connReader
+	out       *bufio.Writer // nil while idle
 	idleSince time.Time
 }
 
 func newUpstreamConn(c net.Conn) *upstreamConn {
-	return &upstreamConn{Conn: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
+	uc := &upstreamConn{Conn: c}
+	uc.in.init(c)
+	return uc
+}
+
+func (uc *upstreamConn) writer() *bufio.Writer {
+	if uc.out == nil {
+		uc.out = getWriter(uc.Conn)
+	}
+	return uc.out
+}
+
+func (uc *upstreamConn) releaseBuffers() {
+	if uc.out != nil {
+		putWriter(uc.out)
+		uc.out = nil
+	}
+	uc.in.release()
+}
+
+func (uc *upstreamConn) close() {
+	uc.in.drop()
+	uc.releaseBuffers()
+	uc.Conn.Close()
 }
 
 // abort makes any blocked read or write on the connection fail at once.
@@ -466,21 +238,24 @@ func (p *connPool) get() (uc *upstreamConn, reused bool, err error) {
 		if time.Since(uc.idleSince) < staleCheckAfter || !peerClosed(uc.Conn) {
 			return uc, true, nil
 		}
-		uc.Close()
+		uc.close()
 		uc = nil
 	}
-	c, err := p.dial()
-	if err != nil {
-		return nil, false, err
-	}
-	return newUpstreamConn(c), false, nil
+	uc, err = p.fresh()
+	return uc, false, err
 }
 
-func (p *connPool) dial() (net.Conn, error) {
-	return net.DialTimeout("tcp", p.addr, dialTimeout)
+// fresh dials a new connection to the app.
+func (p *connPool) fresh() (*upstreamConn, error) {
+	c, err := net.DialTimeout("tcp", p.addr, dialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return newUpstreamConn(c), nil
 }
 
 func (p *connPool) put(uc *upstreamConn) {
+	uc.releaseBuffers()
 	uc.idleSince = time.Now()
 	p.mu.Lock()
 	if len(p.idle) < p.max {
@@ -489,7 +264,7 @@ func (p *connPool) put(uc *upstreamConn) {
 	}
 	p.mu.Unlock()
 	if uc != nil {
-		uc.Close()
+		uc.close()
 	}
 }
 
@@ -500,7 +275,7 @@ func (p *Proxy) CloseIdle() {
 	p.pool.idle = nil
 	p.pool.mu.Unlock()
 	for _, uc := range idle {
-		uc.Close()
+		uc.close()
 	}
 }
 

@@ -25,11 +25,12 @@ import (
 
 // stack is an app behind the proxy, both on loopback.
 type stack struct {
-	app      *httptest.Server
-	public   *httptest.Server
-	tracker  *activity.Tracker
-	registry *metrics.Registry
-	appConns atomic.Int64 // connections the app accepted
+	app        *httptest.Server
+	publicURL  string // http://127.0.0.1:port
+	publicAddr string
+	tracker    *activity.Tracker
+	registry   *metrics.Registry
+	appConns   atomic.Int64 // connections the app accepted
 }
 
 func newStack(t testing.TB, app http.Handler) *stack {
@@ -49,14 +50,32 @@ func newStack(t testing.TB, app http.Handler) *stack {
 		Metrics:  proxy.NewMetrics(s.registry, s.tracker),
 		MaxIdle:  64,
 	})
-	s.public = httptest.NewServer(px)
-	t.Cleanup(s.public.Close)
-	t.Cleanup(px.CloseIdle)
+	s.publicAddr = serve(t, px)
+	s.publicURL = "http://" + s.publicAddr
 	return s
 }
 
+// serve runs px on a loopback port until the test ends and returns its address.
+func serve(t testing.TB, px *proxy.Proxy) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- px.Serve(ln) }()
+	t.Cleanup(func() {
+		px.Close()
+		px.CloseIdle()
+		if err := <-done; err != proxy.ErrServerClosed {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
 func (s *stack) wsURL(path string) string {
-	return "ws" + strings.TrimPrefix(s.public.URL, "http") + path
+	return "ws://" + s.publicAddr + path
 }
 
 // metric returns one sample line's value from the registry.
@@ -102,10 +121,10 @@ func TestHTTPForwarding(t *testing.T) {
 		}
 		fmt.Fprintf(w, "%s %s %s", r.Method, r.RequestURI, body)
 	}))
-	client := s.public.Client()
+	client := &http.Client{Transport: &http.Transport{}}
 
 	t.Run("GET with query and forwarded headers", func(t *testing.T) {
-		req, _ := http.NewRequest("GET", s.public.URL+"/a/b?x=1&y=%20", nil)
+		req, _ := http.NewRequest("GET", s.publicURL+"/a/b?x=1&y=%20", nil)
 		req.Header.Set("X-Forwarded-For", "203.0.113.7")
 		req.Header.Set("Connection", "X-Hop")
 		req.Header.Set("X-Hop", "must not pass")
@@ -133,7 +152,7 @@ func TestHTTPForwarding(t *testing.T) {
 		}
 	})
 	t.Run("POST with length", func(t *testing.T) {
-		resp, err := client.Post(s.public.URL+"/p", "text/plain", strings.NewReader("hello"))
+		resp, err := client.Post(s.publicURL+"/p", "text/plain", strings.NewReader("hello"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +165,7 @@ func TestHTTPForwarding(t *testing.T) {
 	t.Run("POST chunked", func(t *testing.T) {
 		pr, pw := io.Pipe()
 		go func() { pw.Write([]byte("chu")); pw.Write([]byte("nked")); pw.Close() }()
-		resp, err := client.Post(s.public.URL+"/c", "text/plain", pr)
+		resp, err := client.Post(s.publicURL+"/c", "text/plain", pr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +176,7 @@ func TestHTTPForwarding(t *testing.T) {
 		}
 	})
 	t.Run("chunked response", func(t *testing.T) {
-		resp, err := client.Get(s.public.URL + "/chunked")
+		resp, err := client.Get(s.publicURL + "/chunked")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +187,7 @@ func TestHTTPForwarding(t *testing.T) {
 		}
 	})
 	t.Run("HEAD", func(t *testing.T) {
-		resp, err := client.Head(s.public.URL + "/h")
+		resp, err := client.Head(s.publicURL + "/h")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +199,7 @@ func TestHTTPForwarding(t *testing.T) {
 	t.Run("keep-alive reuses upstream connections", func(t *testing.T) {
 		before := s.appConns.Load()
 		for i := 0; i < 50; i++ {
-			resp, err := client.Get(s.public.URL + "/k")
+			resp, err := client.Get(s.publicURL + "/k")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -202,7 +221,7 @@ func TestHTTPForwarding(t *testing.T) {
 func TestStaleUpstreamConnection(t *testing.T) {
 	s := newStack(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	get := func() int {
-		resp, err := http.Get(s.public.URL + "/")
+		resp, err := http.Get(s.publicURL + "/")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -223,7 +242,7 @@ func TestDeadUpstreamIs502(t *testing.T) {
 	s := newStack(t, http.NotFoundHandler())
 	s.app.Close()
 	start := time.Now()
-	resp, err := http.Get(s.public.URL + "/")
+	resp, err := http.Get(s.publicURL + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +278,7 @@ func TestSSEStreamsAndKeepsActive(t *testing.T) {
 		}
 		io.WriteString(w, "data: last\n\n")
 	}))
-	resp, err := http.Get(s.public.URL + "/events")
+	resp, err := http.Get(s.publicURL + "/events")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +308,7 @@ func TestClientGoneEndsRequest(t *testing.T) {
 		close(appSawCancel)
 	}))
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, "GET", s.public.URL+"/poll", nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", s.publicURL+"/poll", nil)
 	go func() {
 		time.Sleep(100 * time.Millisecond)
 		cancel()
@@ -407,7 +426,7 @@ func TestWebSocketLargeMessage(t *testing.T) {
 // rawUpgrade performs a handshake by hand so tests control every byte.
 func rawUpgrade(t *testing.T, s *stack, connectionHeader string) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	conn, err := net.Dial("tcp", s.public.Listener.Addr().String())
+	conn, err := net.Dial("tcp", s.publicAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,9 +559,7 @@ func TestIdleWebSocketStopsCounting(t *testing.T) {
 	s.tracker = activity.New(150 * time.Millisecond)
 	px := proxy.New(proxy.Config{Upstream: s.app.Listener.Addr().String(), Tracker: s.tracker,
 		Metrics: proxy.NewMetrics(metrics.NewRegistry(), s.tracker), MaxIdle: 4})
-	public := httptest.NewServer(px)
-	defer public.Close()
-	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(public.URL, "http")+"/ws", nil)
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+serve(t, px)+"/ws", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,11 +596,11 @@ func TestHTTPEdgeCases(t *testing.T) {
 			io.WriteString(w, r.Proto)
 		}
 	}))
-	addr := s.public.Listener.Addr().String()
+	addr := s.publicAddr
 
 	t.Run("8 MiB upload with Expect: 100-continue", func(t *testing.T) {
 		body := bytes.Repeat([]byte("u"), 8<<20)
-		req, _ := http.NewRequest("PUT", s.public.URL+"/upload", bytes.NewReader(body))
+		req, _ := http.NewRequest("PUT", s.publicURL+"/upload", bytes.NewReader(body))
 		req.Header.Set("Expect", "100-continue")
 		resp, err := (&http.Client{Transport: &http.Transport{ExpectContinueTimeout: 5 * time.Second}}).Do(req)
 		if err != nil {
@@ -629,7 +646,7 @@ func TestHTTPEdgeCases(t *testing.T) {
 		}
 	})
 	t.Run("app dies mid-body", func(t *testing.T) {
-		resp, err := http.Get(s.public.URL + "/truncated")
+		resp, err := http.Get(s.publicURL + "/truncated")
 		if err == nil {
 			_, err = io.ReadAll(resp.Body)
 			resp.Body.Close()

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log"
 	"net"
-	"net/http"
 	"strconv"
 	"time"
 
@@ -66,14 +65,8 @@ func Run(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           px,
-		ReadHeaderTimeout: time.Minute,
-		IdleTimeout:       5 * time.Minute,
-		ErrorLog:          logger,
-	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(public) }()
+	go func() { served <- px.Serve(public) }()
 
 	stop := make(chan struct{})
 	defer close(stop)
@@ -93,7 +86,7 @@ func Run(ctx context.Context, c Config) error {
 	case err := <-served:
 		return fmt.Errorf("public server: %w", err)
 	case err := <-statusDone:
-		srv.Close()
+		px.Close()
 		return fmt.Errorf("status server: %w", err)
 	case <-ctx.Done():
 	}
@@ -102,7 +95,7 @@ func Run(ctx context.Context, c Config) error {
 	drain(tracker, c.Drain)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	err = srv.Shutdown(shutdownCtx)
+	err = px.Shutdown(shutdownCtx)
 	px.CloseIdle()
 	stopStatus()
 	<-statusDone

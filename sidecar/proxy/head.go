@@ -1,0 +1,541 @@
+package proxy
+
+import (
+	"bytes"
+	"strconv"
+)
+
+// Message heads are parsed in place: field names and values are slices of the
+// connection's read buffer, so a request costs no header map and no strings.
+
+const (
+	// maxRequestHead bounds a request line plus its fields; a larger head is
+	// answered 431. It is far above what browsers send and four times Node's
+	// own 16 KiB limit, so the sidecar is never the tighter bound.
+	maxRequestHead = 64 << 10
+	// maxResponseHead bounds an app's response head (large CSP and cookie
+	// headers exist); a larger one is a 502.
+	maxResponseHead = 1 << 20
+	// maxChunkLine bounds a chunk-size line including extensions.
+	maxChunkLine = 4 << 10
+)
+
+// fieldKind says what the proxy does with a header field.
+type fieldKind uint8
+
+const (
+	fieldOther fieldKind = iota
+	fieldHopByHop
+	fieldHost
+	fieldContentLength
+	fieldTransferEncoding
+	fieldConnection
+	fieldUpgrade
+	fieldExpect
+	fieldForwardedFor
+	fieldForwardedProto
+	fieldDate
+)
+
+type headerField struct {
+	name, value []byte
+	kind        fieldKind
+}
+
+// classify maps a field name to its kind. Hop-by-hop fields describe one
+// connection and are never forwarded (RFC 9110 §7.6.1, plus the proxy
+// authentication fields this proxy does not consume).
+func classify(name []byte) fieldKind {
+	is := func(s string) bool { return asciiEqualFold(name, s) }
+	switch len(name) {
+	case 2:
+		if is("te") {
+			return fieldHopByHop
+		}
+	case 4:
+		switch {
+		case is("host"):
+			return fieldHost
+		case is("date"):
+			return fieldDate
+		}
+	case 6:
+		if is("expect") {
+			return fieldExpect
+		}
+	case 7:
+		if is("upgrade") {
+			return fieldUpgrade
+		}
+	case 10:
+		switch {
+		case is("connection"):
+			return fieldConnection
+		case is("keep-alive"):
+			return fieldHopByHop
+		}
+	case 14:
+		if is("content-length") {
+			return fieldContentLength
+		}
+	case 15:
+		if is("x-forwarded-for") {
+			return fieldForwardedFor
+		}
+	case 16:
+		if is("proxy-connection") {
+			return fieldHopByHop
+		}
+	case 17:
+		switch {
+		case is("transfer-encoding"):
+			return fieldTransferEncoding
+		case is("x-forwarded-proto"):
+			return fieldForwardedProto
+		}
+	case 18:
+		if is("proxy-authenticate") {
+			return fieldHopByHop
+		}
+	case 19:
+		if is("proxy-authorization") {
+			return fieldHopByHop
+		}
+	}
+	return fieldOther
+}
+
+// asciiEqualFold compares b with the lower-case ASCII string s, ignoring case.
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// tokenChars are the bytes allowed in methods and field names (RFC 9110 §5.6.2).
+var tokenChars = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+func isToken(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if !tokenChars[c] {
+			return false
+		}
+	}
+	return true
+}
+
+// validFieldValue rejects control characters other than HTAB; a CR or LF in a
+// value is how requests get smuggled.
+func validFieldValue(b []byte) bool {
+	for _, c := range b {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// hasToken reports whether a comma-separated list contains token, compared
+// case-insensitively (RFC 9110 §5.6.1); token is lower case.
+func hasToken(list []byte, token string) bool {
+	for len(list) > 0 {
+		var item []byte
+		if i := bytes.IndexByte(list, ','); i >= 0 {
+			item, list = list[:i], list[i+1:]
+		} else {
+			item, list = list, nil
+		}
+		if asciiEqualFold(trimSpace(item), token) {
+			return true
+		}
+	}
+	return false
+}
+
+// lastToken returns the last item of a comma-separated list.
+func lastToken(list []byte) []byte {
+	if i := bytes.LastIndexByte(list, ','); i >= 0 {
+		list = list[i+1:]
+	}
+	return trimSpace(list)
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// headLength returns the length of the message head at the start of b,
+// through the empty line that ends it, or -1 if b does not hold all of it.
+// Scanning resumes at from (a previous call's len(b)) so a head arriving in
+// many small pieces is not rescanned from the start each time.
+func headLength(b []byte, from int) int {
+	i := max(from-3, 0)
+	for {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return -1
+		}
+		i += j + 1
+		if i < len(b) && b[i] == '\n' {
+			return i + 1
+		}
+		if i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n' {
+			return i + 2
+		}
+	}
+}
+
+// nextLine splits off the first line of b, without its CRLF (or bare LF,
+// which RFC 9112 §2.2 lets a recipient accept in a head).
+func nextLine(b []byte) (line, rest []byte) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return b, nil
+	}
+	line, rest = b[:i], b[i+1:]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	return line, rest
+}
+
+// parseFields parses the field lines of a head (after its start line) into
+// fields, which is reused to avoid allocating per message.
+func parseFields(b []byte, fields []headerField) ([]headerField, bool) {
+	fields = fields[:0]
+	for {
+		var line []byte
+		line, b = nextLine(b)
+		if len(line) == 0 {
+			return fields, true
+		}
+		colon := bytes.IndexByte(line, ':')
+		// No space is allowed before the colon, and obsolete line folding
+		// (a line starting with whitespace) is refused (RFC 9112 §5).
+		if colon <= 0 || !isToken(line[:colon]) {
+			return fields, false
+		}
+		value := trimSpace(line[colon+1:])
+		if !validFieldValue(value) {
+			return fields, false
+		}
+		fields = append(fields, headerField{name: line[:colon], value: value, kind: classify(line[:colon])})
+	}
+}
+
+// parseContentLength accepts only digits, with no sign and no list.
+func parseContentLength(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// statusError is a request the proxy answers itself, with status and a
+// one-line reason.
+type statusError struct {
+	status int
+	reason string
+}
+
+func (e *statusError) Error() string { return strconv.Itoa(e.status) + " " + e.reason }
+
+var (
+	errMalformedRequestLine = &statusError{400, "malformed request line"}
+	errMalformedField       = &statusError{400, "malformed header field"}
+	errMissingHost          = &statusError{400, "missing or repeated Host"}
+	errBadContentLength     = &statusError{400, "invalid Content-Length"}
+	errLengthAndChunked     = &statusError{400, "both Content-Length and Transfer-Encoding"}
+	errHeadTooLarge         = &statusError{431, "request header fields too large"}
+	errUnsupportedCoding    = &statusError{501, "unsupported Transfer-Encoding"}
+	errUnsupportedVersion   = &statusError{505, "HTTP version not supported"}
+	errUnknownExpectation   = &statusError{417, "unsupported Expect"}
+	errMalformedChunk       = &statusError{400, "malformed chunked body"}
+)
+
+// requestHead is a parsed request head. Its slices point into the read
+// buffer and are valid until the buffer is compacted to read more.
+type requestHead struct {
+	method, target []byte
+	http10         bool
+	fields         []headerField
+	host           []byte
+	contentLength  int64 // -1 when absent
+	chunked        bool
+	// wantsClose: the client asked for the connection to end after this
+	// exchange (Connection: close, or HTTP/1.0 without keep-alive).
+	wantsClose     bool
+	expectContinue bool
+	websocket      bool
+	forwardedProto bool
+	// listsFields: Connection names fields other than close, keep-alive and
+	// upgrade, which are then hop-by-hop too.
+	listsFields bool
+}
+
+// hasBody reports whether a request body follows the head.
+func (h *requestHead) hasBody() bool { return h.chunked || h.contentLength > 0 }
+
+// parseRequestHead parses head (request line through the empty line).
+func parseRequestHead(head []byte, h *requestHead) error {
+	line, rest := nextLine(head)
+	sp1 := bytes.IndexByte(line, ' ')
+	sp2 := bytes.LastIndexByte(line, ' ')
+	if sp1 <= 0 || sp2 <= sp1+1 {
+		return errMalformedRequestLine
+	}
+	h.method, h.target = line[:sp1], line[sp1+1:sp2]
+	version := line[sp2+1:]
+	if !isToken(h.method) {
+		return errMalformedRequestLine
+	}
+	for _, c := range h.target {
+		if c <= ' ' || c == 0x7f {
+			return errMalformedRequestLine
+		}
+	}
+	switch string(version) {
+	case "HTTP/1.1":
+		h.http10 = false
+	case "HTTP/1.0":
+		h.http10 = true
+	default:
+		if len(version) == 8 && string(version[:5]) == "HTTP/" && isDigit(version[5]) && version[6] == '.' && isDigit(version[7]) {
+			return errUnsupportedVersion
+		}
+		return errMalformedRequestLine
+	}
+	var ok bool
+	if h.fields, ok = parseFields(rest, h.fields); !ok {
+		return errMalformedField
+	}
+	h.host, h.contentLength, h.chunked = nil, -1, false
+	h.expectContinue, h.websocket, h.forwardedProto, h.listsFields = false, false, false, false
+	hosts := 0
+	var connection, upgrade bool
+	keepAlive, closeRequested := false, false
+	for i := range h.fields {
+		f := &h.fields[i]
+		switch f.kind {
+		case fieldHost:
+			hosts++
+			h.host = f.value
+		case fieldContentLength:
+			n, ok := parseContentLength(f.value)
+			if !ok || h.contentLength >= 0 && n != h.contentLength {
+				return errBadContentLength
+			}
+			if h.contentLength >= 0 {
+				f.kind = fieldHopByHop // an identical repeat is dropped
+			}
+			h.contentLength = n
+		case fieldTransferEncoding:
+			if h.http10 || h.chunked {
+				return errUnsupportedCoding
+			}
+			if !asciiEqualFold(f.value, "chunked") {
+				return errUnsupportedCoding
+			}
+			h.chunked = true
+		case fieldConnection:
+			connection = true
+			c := parseConnection(f.value)
+			closeRequested = closeRequested || c.close
+			keepAlive = keepAlive || c.keepAlive
+			upgrade = upgrade || c.upgrade
+			h.listsFields = h.listsFields || c.others
+		case fieldUpgrade:
+			if hasToken(f.value, "websocket") {
+				h.websocket = true
+			}
+		case fieldExpect:
+			if !asciiEqualFold(f.value, "100-continue") {
+				return errUnknownExpectation
+			}
+			h.expectContinue = true
+		case fieldForwardedProto:
+			h.forwardedProto = true
+		}
+	}
+	h.websocket = h.websocket && connection && upgrade
+	if !h.http10 && hosts != 1 || hosts > 1 {
+		return errMissingHost
+	}
+	if h.chunked && h.contentLength >= 0 {
+		return errLengthAndChunked
+	}
+	if h.http10 {
+		h.wantsClose = closeRequested || !keepAlive
+		h.expectContinue = false // a 1.0 client cannot read 100 Continue
+	} else {
+		h.wantsClose = closeRequested
+	}
+	return nil
+}
+
+// connectionOptions are the tokens of one Connection field.
+type connectionOptions struct {
+	close, keepAlive, upgrade bool
+	// others: it names fields, which are then hop-by-hop for this message.
+	others bool
+}
+
+func parseConnection(list []byte) (c connectionOptions) {
+	for len(list) > 0 {
+		var item []byte
+		if i := bytes.IndexByte(list, ','); i >= 0 {
+			item, list = trimSpace(list[:i]), list[i+1:]
+		} else {
+			item, list = trimSpace(list), nil
+		}
+		switch {
+		case asciiEqualFold(item, "close"):
+			c.close = true
+		case asciiEqualFold(item, "keep-alive"):
+			c.keepAlive = true
+		case asciiEqualFold(item, "upgrade"):
+			c.upgrade = true
+		case len(item) > 0:
+			c.others = true
+		}
+	}
+	return c
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// listedInConnection reports whether Connection names the field, which makes
+// it hop-by-hop for this message.
+func listedInConnection(fields []headerField, name []byte) bool {
+	for i := range fields {
+		if fields[i].kind != fieldConnection {
+			continue
+		}
+		for list := fields[i].value; len(list) > 0; {
+			var item []byte
+			if j := bytes.IndexByte(list, ','); j >= 0 {
+				item, list = list[:j], list[j+1:]
+			} else {
+				item, list = list, nil
+			}
+			if bytes.EqualFold(trimSpace(item), name) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// responseHead is a parsed response head; slices point into the upstream
+// connection's read buffer.
+type responseHead struct {
+	status int
+	// statusRest is the status line after the version: "200 OK".
+	statusRest    []byte
+	fields        []headerField
+	contentLength int64 // -1 when absent
+	chunked       bool
+	// closes: the app will close the connection after this response.
+	closes      bool
+	hasDate     bool
+	listsFields bool
+}
+
+var errMalformedResponse = &statusError{502, "malformed response from the app"}
+
+func parseResponseHead(head []byte, h *responseHead) error {
+	line, rest := nextLine(head)
+	if len(line) < 12 || string(line[:7]) != "HTTP/1." || !isDigit(line[7]) || line[8] != ' ' {
+		return errMalformedResponse
+	}
+	http10 := line[7] == '0'
+	h.statusRest = line[9:]
+	code := h.statusRest[:3]
+	if !isDigit(code[0]) || !isDigit(code[1]) || !isDigit(code[2]) || len(h.statusRest) > 3 && h.statusRest[3] != ' ' {
+		return errMalformedResponse
+	}
+	h.status = int(code[0]-'0')*100 + int(code[1]-'0')*10 + int(code[2]-'0')
+	var ok bool
+	if h.fields, ok = parseFields(rest, h.fields); !ok {
+		return errMalformedResponse
+	}
+	h.contentLength, h.chunked, h.hasDate, h.listsFields = -1, false, false, false
+	keepAlive, closeRequested := false, false
+	for i := range h.fields {
+		f := &h.fields[i]
+		switch f.kind {
+		case fieldContentLength:
+			n, ok := parseContentLength(f.value)
+			if !ok || h.contentLength >= 0 && n != h.contentLength {
+				return errMalformedResponse
+			}
+			if h.contentLength >= 0 {
+				f.kind = fieldHopByHop
+			}
+			h.contentLength = n
+		case fieldTransferEncoding:
+			// Only chunked as the final coding frames the body; anything
+			// else runs until the app closes (RFC 9112 §6.3).
+			h.chunked = asciiEqualFold(lastToken(f.value), "chunked")
+			if !h.chunked {
+				f.kind = fieldOther // forwarded as sent, the body delimited by close
+				closeRequested = true
+			}
+		case fieldConnection:
+			c := parseConnection(f.value)
+			closeRequested = closeRequested || c.close
+			keepAlive = keepAlive || c.keepAlive
+			h.listsFields = h.listsFields || c.others
+		case fieldDate:
+			h.hasDate = true
+		}
+	}
+	if h.chunked {
+		h.contentLength = -1 // Transfer-Encoding wins over Content-Length
+	}
+	h.closes = closeRequested || http10 && !keepAlive
+	return nil
+}
+
+// noBody reports whether a response to method carries no body whatever its
+// fields say (RFC 9112 §6.3).
+func (h *responseHead) noBody(head bool) bool {
+	return head || h.status < 200 || h.status == 204 || h.status == 304
+}

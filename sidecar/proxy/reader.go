@@ -1,0 +1,176 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// readBufferSize is the pooled read buffer of a connection while it carries a
+// message; heads that do not fit get a larger, unpooled buffer.
+const readBufferSize = 8 << 10
+
+var readBufPool = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+
+var errLineTooLong = errors.New("line too long")
+
+// connReader buffers reads from one connection. It holds a pooled buffer only
+// while bytes are buffered or a read is under way, so a client connection
+// waiting for its next request, or an idle pooled upstream connection, holds
+// none (see rawRead).
+type connReader struct {
+	conn net.Conn
+	raw  syscall.RawConn // nil when the platform offers none: reads then hold the buffer while blocked
+	buf  []byte
+	r, w int
+
+	// Results of rawRead, which runs as a callback.
+	n       int
+	err     error
+	rawRead func(fd uintptr) bool
+	// received counts bytes read; the exchange code resets it per request.
+	received int64
+}
+
+func (cr *connReader) buffered() []byte { return cr.buf[cr.r:cr.w] }
+
+func (cr *connReader) discard(n int) { cr.r += n }
+
+func (cr *connReader) acquire() {
+	if cr.buf == nil {
+		cr.buf = *readBufPool.Get().(*[]byte)
+		cr.r, cr.w = 0, 0
+	}
+}
+
+// release returns the buffer to the pool when nothing is buffered.
+func (cr *connReader) release() {
+	if cr.buf == nil || cr.r != cr.w {
+		return
+	}
+	if len(cr.buf) == readBufferSize {
+		b := cr.buf
+		readBufPool.Put(&b)
+	}
+	cr.buf, cr.r, cr.w = nil, 0, 0
+}
+
+// drop discards whatever is buffered and releases the buffer.
+func (cr *connReader) drop() {
+	cr.r = cr.w
+	cr.release()
+}
+
+// detach hands over the buffered bytes (copied) and drops the buffer.
+func (cr *connReader) detach() []byte {
+	b := bytes.Clone(cr.buffered())
+	cr.r = cr.w
+	cr.release()
+	return b
+}
+
+// fill reads at least one more byte after those buffered.
+func (cr *connReader) fill() error {
+	if cr.r == cr.w {
+		cr.r, cr.w = 0, 0
+	} else if cr.w == len(cr.buf) {
+		copy(cr.buf, cr.buf[cr.r:cr.w])
+		cr.w -= cr.r
+		cr.r = 0
+		if cr.w == len(cr.buf) {
+			return errLineTooLong
+		}
+	}
+	var n int
+	var err error
+	if cr.raw != nil {
+		if err = cr.raw.Read(cr.rawRead); err == nil {
+			n, err = cr.n, cr.err
+		}
+	} else {
+		cr.acquire()
+		n, err = cr.conn.Read(cr.buf[cr.w:])
+	}
+	cr.w += n
+	cr.received += int64(n)
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// makeRoom ensures the buffer can take more bytes without dropping unread
+// ones, growing it up to limit. It reports false when limit is reached.
+func (cr *connReader) makeRoom(limit int) bool {
+	cr.acquire()
+	if cr.w < len(cr.buf) {
+		return true
+	}
+	if cr.r > 0 {
+		copy(cr.buf, cr.buf[cr.r:cr.w])
+		cr.w -= cr.r
+		cr.r = 0
+		return true
+	}
+	if len(cr.buf) >= limit {
+		return false
+	}
+	grown := make([]byte, min(2*len(cr.buf), limit))
+	copy(grown, cr.buf[:cr.w])
+	if len(cr.buf) == readBufferSize {
+		old := cr.buf
+		readBufPool.Put(&old)
+	}
+	cr.buf = grown
+	return true
+}
+
+// readHead waits for a complete message head of at most limit bytes at the
+// start of the buffer and returns its length; tooLarge is returned beyond
+// the limit.
+func (cr *connReader) readHead(limit int, tooLarge error) (int, error) {
+	scanned := 0
+	for {
+		b := cr.buffered()
+		if n := headLength(b, scanned); n >= 0 {
+			if n > limit {
+				return 0, tooLarge
+			}
+			return n, nil
+		}
+		scanned = len(b)
+		if scanned >= limit || !cr.makeRoom(limit) {
+			return 0, tooLarge
+		}
+		if err := cr.fill(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// readCRLFLine returns the next line without its CRLF; a bare LF is refused,
+// since chunk framing is where lenient parsers get smuggled past.
+func (cr *connReader) readCRLFLine(limit int) ([]byte, error) {
+	for {
+		b := cr.buffered()
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			if i == 0 || b[i-1] != '\r' || i-1 > limit {
+				return nil, errMalformedChunk
+			}
+			cr.discard(i + 1)
+			return b[:i-1], nil
+		}
+		if len(b) > limit || !cr.makeRoom(readBufferSize) {
+			return nil, errMalformedChunk
+		}
+		if err := cr.fill(); err != nil {
+			return nil, err
+		}
+	}
+}
