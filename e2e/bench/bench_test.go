@@ -153,9 +153,9 @@ func TestSpawnLatencyAgainstRawPods(t *testing.T) {
 	// Each burst starts on an empty node: pods still terminating from the
 	// previous phase would take the kubelet's time from the next one.
 	waitNoPods(t, e, ns, framework.BackendNamespace)
-	rawAll := timeAll(burst, func() { rawPodReady(t, e, tl, ns, true) })
+	rawAll := timeAll(t, burst, func() { rawPodReady(t, e, tl, ns, true) })
 	waitNoPods(t, e, ns, framework.BackendNamespace)
-	spawnAll := timeAll(burst, func() { spawnReady(t, e) })
+	spawnAll := timeAll(t, burst, func() { spawnReady(t, e) })
 	waitNoPods(t, e, ns, framework.BackendNamespace)
 	fmt.Fprintf(&report, "\n### Burst: %d at once, until all are Ready\n\n| raw Pods | spawner | ratio |\n|---|---|---|\n| %s | %s | %s |\n",
 		burst, ms(rawAll), ms(spawnAll), ratio(spawnAll, rawAll))
@@ -198,7 +198,9 @@ func waitNoPods(t *testing.T, e *framework.Env, namespaces ...string) {
 }
 
 // timeAll runs n copies of f at once and returns how long until all ended.
-func timeAll(n int, f func()) time.Duration {
+// A copy that fails the test (t.Fatal ends only its own goroutine) stops the
+// test once all have ended.
+func timeAll(t *testing.T, n int, f func()) time.Duration {
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range n {
@@ -206,5 +208,8 @@ func timeAll(n int, f func()) time.Duration {
 		go func() { defer wg.Done(); f() }()
 	}
 	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
 	return time.Since(start)
 }

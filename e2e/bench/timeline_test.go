@@ -3,18 +3,18 @@
 package bench
 
 import (
-	"context"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/e2e/framework"
+	spawnerinformers "spawner.dev/generated/informers/externalversions"
 )
 
 // Milestones a watch can see, in the order they normally happen.
@@ -39,49 +39,53 @@ type timeline struct {
 
 func watchTimeline(t *testing.T, e *framework.Env, namespaces ...string) *timeline {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
+	stop := make(chan struct{})
+	t.Cleanup(func() { close(stop) })
 	tl := &timeline{seen: map[string]map[string]time.Time{}, changed: make(chan struct{})}
+	// Informers rather than bare watches: a watch the API server ends would
+	// silently stop the timeline; a reflector resumes it.
 	for _, ns := range namespaces {
-		pods, err := e.Kube.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
+		pods := informers.NewSharedInformerFactoryWithOptions(e.Kube, 0, informers.WithNamespace(ns)).Core().V1().Pods().Informer()
+		slabs := spawnerinformers.NewSharedInformerFactoryWithOptions(e.Spawner, 0, spawnerinformers.WithNamespace(ns)).Spawner().V1().SessionLivedBackends().Informer()
+		for _, inf := range []struct {
+			informer   cache.SharedIndexInformer
+			milestones func(any) (string, []string)
+		}{{pods, podMilestones}, {slabs, slabMilestones}} {
+			record := func(obj any) { tl.record(inf.milestones(obj)) }
+			if _, err := inf.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+				AddFunc:    record,
+				UpdateFunc: func(_, obj any) { record(obj) },
+			}); err != nil {
+				t.Fatal(err)
+			}
+			go inf.informer.Run(stop)
+			if !cache.WaitForCacheSync(stop, inf.informer.HasSynced) {
+				t.Fatal("timeline informers did not sync")
+			}
 		}
-		go tl.consume(pods, podMilestones)
-		slabs, err := e.Spawner.SpawnerV1().SessionLivedBackends(ns).Watch(ctx, metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go tl.consume(slabs, slabMilestones)
 	}
 	return tl
 }
 
-func (tl *timeline) consume(w watch.Interface, milestones func(runtimeObject any) (string, []string)) {
-	for ev := range w.ResultChan() {
-		if ev.Type != watch.Added && ev.Type != watch.Modified {
-			continue
+func (tl *timeline) record(name string, reached []string) {
+	now := time.Now()
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	m := tl.seen[name]
+	if m == nil {
+		m = map[string]time.Time{}
+		tl.seen[name] = m
+	}
+	fresh := false
+	for _, r := range reached {
+		if _, ok := m[r]; !ok {
+			m[r] = now
+			fresh = true
 		}
-		now := time.Now()
-		name, reached := milestones(ev.Object)
-		tl.mu.Lock()
-		m := tl.seen[name]
-		if m == nil {
-			m = map[string]time.Time{}
-			tl.seen[name] = m
-		}
-		fresh := false
-		for _, r := range reached {
-			if _, ok := m[r]; !ok {
-				m[r] = now
-				fresh = true
-			}
-		}
-		if fresh {
-			close(tl.changed)
-			tl.changed = make(chan struct{})
-		}
-		tl.mu.Unlock()
+	}
+	if fresh {
+		close(tl.changed)
+		tl.changed = make(chan struct{})
 	}
 }
 
