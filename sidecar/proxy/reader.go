@@ -25,7 +25,10 @@ type connReader struct {
 	conn net.Conn
 	raw  syscall.RawConn // nil when the platform offers none: reads then hold the buffer while blocked
 	buf  []byte
-	r, w int
+	// pooled is the pool's pointer to buf, kept so that returning it does not
+	// allocate; nil when buf was grown beyond the pooled size.
+	pooled *[]byte
+	r, w   int
 
 	// Results of rawRead, which runs as a callback.
 	n       int
@@ -41,7 +44,8 @@ func (cr *connReader) discard(n int) { cr.r += n }
 
 func (cr *connReader) acquire() {
 	if cr.buf == nil {
-		cr.buf = *readBufPool.Get().(*[]byte)
+		cr.pooled = readBufPool.Get().(*[]byte)
+		cr.buf = *cr.pooled
 		cr.r, cr.w = 0, 0
 	}
 }
@@ -51,11 +55,10 @@ func (cr *connReader) release() {
 	if cr.buf == nil || cr.r != cr.w {
 		return
 	}
-	if len(cr.buf) == readBufferSize {
-		b := cr.buf
-		readBufPool.Put(&b)
+	if cr.pooled != nil {
+		readBufPool.Put(cr.pooled)
 	}
-	cr.buf, cr.r, cr.w = nil, 0, 0
+	cr.buf, cr.pooled, cr.r, cr.w = nil, nil, 0, 0
 }
 
 // drop discards whatever is buffered and releases the buffer.
@@ -123,9 +126,9 @@ func (cr *connReader) makeRoom(limit int) bool {
 	}
 	grown := make([]byte, min(2*len(cr.buf), limit))
 	copy(grown, cr.buf[:cr.w])
-	if len(cr.buf) == readBufferSize {
-		old := cr.buf
-		readBufPool.Put(&old)
+	if cr.pooled != nil {
+		readBufPool.Put(cr.pooled)
+		cr.pooled = nil
 	}
 	cr.buf = grown
 	return true
