@@ -83,12 +83,15 @@ func (b *backend) setGrace(g time.Duration) {
 }
 
 // run holds the stream open for as long as the pod is followed, reconnecting
-// with capped backoff. A lost stream never counts as idleness: while it is
+// with capped backoff (a sidecar still starting is retried at a short, flat
+// interval instead). A lost stream never counts as idleness: while it is
 // down no timer runs, and a deadline can only be armed again from a fresh
 // event on a new stream.
 func (b *backend) run() {
 	defer close(b.done)
 	bo := newBackoff(b.s.cfg.BackoffMin, b.s.cfg.BackoffMax)
+	startupEnds := time.Now().Add(b.s.cfg.StartupWindow)
+	everConnected := false
 	for {
 		got, err := b.streamOnce()
 		if b.ctx.Err() != nil {
@@ -96,9 +99,13 @@ func (b *backend) run() {
 		}
 		if got {
 			bo.Reset()
+			everConnected = true
 		}
 		b.s.m.reconnects.Inc()
-		d := bo.Next()
+		d := b.s.cfg.StartupRetry
+		if everConnected || time.Now().After(startupEnds) {
+			d = bo.Next()
+		}
 		b.log.Debug("status stream lost; reconnecting", "err", err, "in", d)
 		t := time.NewTimer(d)
 		select {

@@ -41,6 +41,11 @@ type Config struct {
 	StatusPort int
 	// BackoffMin and BackoffMax bound the reconnect delay (100 ms, 5 s).
 	BackoffMin, BackoffMax time.Duration
+	// StartupRetry spaces attempts to open a new backend's first stream
+	// (50 ms), for up to StartupWindow (1 min): the pod status says the
+	// sidecar runs, so its port opens within moments, and the slab's Ready
+	// waits on that first event. Only then does the doubling backoff apply.
+	StartupRetry, StartupWindow time.Duration
 	// ConnectTimeout bounds connecting and reading the response header (2 s).
 	ConnectTimeout time.Duration
 	// ReadIdle is the longest silence on a stream before it is dropped and
@@ -65,6 +70,8 @@ func (c *Config) defaults() {
 	}
 	def(&c.BackoffMin, 100*time.Millisecond)
 	def(&c.BackoffMax, 5*time.Second)
+	def(&c.StartupRetry, 50*time.Millisecond)
+	def(&c.StartupWindow, time.Minute)
 	def(&c.ConnectTimeout, 2*time.Second)
 	def(&c.ReadIdle, 35*time.Second)
 	def(&c.ConfirmTimeout, 2*time.Second)

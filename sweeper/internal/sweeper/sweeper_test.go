@@ -375,6 +375,34 @@ func TestIdleSweepAtDeadlineAndActivityResets(t *testing.T) {
 	}
 }
 
+// A sidecar whose status port opens a moment after the pod status says it
+// runs (a slow start on a busy node) is found within a startup retry, not
+// after a doubling backoff.
+func TestStartingSidecarIsRetriedPromptly(t *testing.T) {
+	h := newHarness(t, Event{Ready: true})
+	h.s.cfg.BackoffMin, h.s.cfg.BackoffMax = 2*time.Second, 5*time.Second
+	h.s.cfg.StartupRetry = 20 * time.Millisecond
+	h.sidecar.setMode("refuse")
+	b := h.follow()
+	h.waitFor("several refused attempts", func() bool { return h.s.m.reconnects.Value() >= 3 })
+	opened := time.Now()
+	h.sidecar.setMode("")
+	h.waitState(b, Event{Ready: true, LastActive: h.t0})
+	if d := time.Since(opened); d > time.Second {
+		t.Errorf("first stream opened %v after the sidecar listened; the startup retry is 20 ms", d)
+	}
+	h.waitFor("Ready", func() bool { return h.phase() == lifecycle.Ready })
+
+	// Once a stream has worked, a lost one backs off as before.
+	h.sidecar.setMode("refuse")
+	h.waitFor("stream down", func() bool { b.mu.Lock(); defer b.mu.Unlock(); return !b.live })
+	before := h.s.m.reconnects.Value()
+	time.Sleep(500 * time.Millisecond)
+	if n := h.s.m.reconnects.Value() - before; n > 1 {
+		t.Errorf("%d reconnects within 500 ms of losing an established stream; want the 2 s backoff", n)
+	}
+}
+
 func TestUnreachableSidecarIsNotIdle(t *testing.T) {
 	h := newHarness(t, Event{Ready: true})
 	b := h.follow()
