@@ -39,6 +39,9 @@ const clientWatchDelay = 10 * time.Millisecond
 // the kernel reset the connection before the client has read that response.
 const lingerTimeout = 500 * time.Millisecond
 
+// maxRetainedFields caps the field slices a connection keeps between requests.
+const maxRetainedFields = 64
+
 var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 
 func getWriter(w io.Writer) *bufio.Writer {
@@ -221,6 +224,14 @@ func (cc *clientConn) serve() {
 			return
 		}
 		cc.in.release()
+		// A head with many fields must not leave an idle connection holding
+		// a large field slice.
+		if cap(cc.req.fields) > maxRetainedFields {
+			cc.req.fields = nil
+		}
+		if cap(cc.resp.fields) > maxRetainedFields {
+			cc.resp.fields = nil
+		}
 	}
 }
 
