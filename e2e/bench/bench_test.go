@@ -12,6 +12,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net/http"
 	"os"
 	"sort"
@@ -115,10 +116,13 @@ func TestSpawnLatencyAgainstRawPods(t *testing.T) {
 	var raw, rawNoToken, spawned sample
 	rawHops, spawnHops := map[string]sample{}, map[string]sample{}
 	for i := range n {
+		unlockFromRelist()
 		r, rawName, rawStart := rawPodReady(t, e, tl, ns, true)
 		raw = append(raw, r)
+		unlockFromRelist()
 		r2, _, _ := rawPodReady(t, e, tl, ns, false)
 		rawNoToken = append(rawNoToken, r2)
+		unlockFromRelist()
 		d, name, start := spawnReady(t, e)
 		spawned = append(spawned, d)
 		for m, at := range tl.since(rawName, rawStart) {
@@ -130,6 +134,8 @@ func TestSpawnLatencyAgainstRawPods(t *testing.T) {
 		t.Logf("%d/%d raw %v, raw without token %v, spawn %v: %v", i+1, n, r, r2, d, tl.since(name, start))
 	}
 	fmt.Fprintf(&report, "### Cold spawn latency, %d sequential (POST /spawn → Ready vs raw Pod create → Ready)\n\n", n)
+	fmt.Fprintf(&report, "Each create waits a random 0–1 s first, so that pods start at every phase of the kubelet's 1 s relist "+
+		"(right after a Ready they would all start at the same phase of it). ")
 	fmt.Fprintf(&report, "The raw Pod is a default Pod of the demo image. Spawner's backend pods carry no service account token "+
 		"unless the template asks for one, so the second floor is a raw Pod with `automountServiceAccountToken: false`: "+
 		"the same pod minus spawner's sidecar.\n\n")
@@ -184,6 +190,17 @@ func TestSpawnLatencyAgainstRawPods(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// unlockFromRelist waits a random 0–1 s. The kubelet notices started
+// containers on a 1 s relist, so a pod's Ready lands on one of its ticks;
+// creating the next pod right after a Ready would start every pod at the same
+// phase of that tick, and a pod a little slower to start (spawner's has a
+// second container) would then always wait for the next tick, a whole second,
+// instead of half of one on average. A random start samples all phases, as
+// spawns arriving from users do.
+func unlockFromRelist() {
+	time.Sleep(time.Duration(mathrand.Int64N(int64(time.Second))))
 }
 
 // waitNoPods waits until the namespaces hold no pods.
