@@ -380,3 +380,32 @@ func TestShutdown(t *testing.T) {
 		t.Error("still accepting after Shutdown")
 	}
 }
+
+// A client that leaves in the middle of a streamed response ends it too: the
+// disconnect watch stays armed while the body is relayed.
+func TestClientGoneMidStream(t *testing.T) {
+	appSawCancel := make(chan struct{})
+	s := newStack(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		close(appSawCancel)
+	}))
+	conn, br := rawConn(t, s)
+	io.WriteString(conn, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || line != "data: first\n" {
+		t.Fatalf("first event %q %v", line, err)
+	}
+	conn.Close()
+	eventually(t, "in-flight count to drop", idle(s))
+	select {
+	case <-appSawCancel:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the app's stream was not cancelled")
+	}
+}
