@@ -151,17 +151,22 @@ oom_score = 0
     path = "$CD/containerd/opt"
 EOF
 
-write_conf "$CD/cni/net.d/10-spawner-bridge.conflist" <<EOF
+# ptp, not bridge: every pod gets its own host-side veth and /32 route, so a
+# pod IP handed out again (host-local IPAM cycles through the /24 within
+# minutes when backends come and go) never meets a neighbour entry still
+# holding the previous pod's MAC. On a shared bridge such a stale entry drops
+# connections to the new pod for 5-8 s (delay_first_probe_time, then three
+# unanswered unicast probes) until ARP starts over; the sweeper and the router
+# are the first to connect to a new backend and felt exactly that.
+rm -f "$CD"/cni/net.d/*.conflist
+write_conf "$CD/cni/net.d/10-spawner-ptp.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
   "name": "spawner",
   "plugins": [
     {
-      "type": "bridge",
-      "bridge": "cni0",
-      "isGateway": true,
+      "type": "ptp",
       "ipMasq": true,
-      "hairpinMode": true,
       "ipam": {
         "type": "host-local",
         "dataDir": "$CD/cni/networks",

@@ -156,7 +156,7 @@ ensure_packages() {
 	done <<'EOF'
 containerd containerd
 runc runc
-containernetworking-plugins /usr/lib/cni/bridge
+containernetworking-plugins /usr/lib/cni/ptp
 containernetworking-plugins /usr/lib/cni/host-local
 containernetworking-plugins /usr/lib/cni/loopback
 iptables iptables
@@ -244,7 +244,7 @@ kc() { "${BIN:-$(bin_dir)}/k8s" kubectl --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 ctr_() { ctr --address "$SOCK" "$@"; }
 
 # ---------------------------------------------------------------------------- host state
-# Sysctls the kubelet (kernel tunables) and the bridge CNI plugin (ip_forward) change.
+# Sysctls the kubelet (kernel tunables) and the ptp CNI plugin (ip_forward) change.
 SYSCTLS=(net.ipv4.ip_forward net.ipv4.conf.all.forwarding net.ipv6.conf.all.forwarding vm.overcommit_memory
 	vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes
 	net.ipv4.conf.all.route_localnet net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
