@@ -10,6 +10,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -32,6 +33,14 @@ func main() {
 	fs.Parse(os.Args[1:])
 	c.WSIdle = time.Duration(wsIdle) * time.Second
 	c.Drain = time.Duration(drain) * time.Second
+
+	// One P unless GOMAXPROCS says otherwise: the sidecar's work is system
+	// calls on a few sockets, and with more Ps the runtime spends more CPU
+	// handing goroutines between threads than it gains (about 10% more CPU
+	// per proxied request with 2 Ps on 2 cores).
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
