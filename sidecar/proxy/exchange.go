@@ -14,6 +14,13 @@ type writeError struct{ error }
 
 func (e writeError) Unwrap() error { return e.error }
 
+// isWriteError is errors.As for writeError without its allocation on every
+// call: the copy functions return writeError unwrapped.
+func isWriteError(err error) bool {
+	_, ok := err.(writeError)
+	return ok
+}
+
 // serveRequest forwards the request whose head is the first headLen buffered
 // bytes and relays the response. It reports whether the connection can carry
 // another request.
@@ -67,7 +74,7 @@ func (cc *clientConn) serveRequest(headLen int) bool {
 		case errors.As(err, &se) && se.status < 500:
 			cc.refuse(se) // a malformed chunked body from the client
 			return false
-		case !bodyRead && !errors.As(err, new(writeError)):
+		case !bodyRead && !isWriteError(err):
 			return false // the client broke off its body
 		case reused && replayable && uc.in.received == 0:
 			continue // the app had closed this pooled connection
@@ -108,9 +115,8 @@ func (cc *clientConn) serveRequest(headLen int) bool {
 	}
 	p.m.fromApp.bytes.Add(uint64(n))
 	clientGone := cc.unwatch()
-	var we writeError
 	switch {
-	case errors.As(err, &we) || clientGone:
+	case isWriteError(err) || clientGone:
 		uc.close()
 		return false
 	case err != nil:
