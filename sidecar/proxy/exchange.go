@@ -12,10 +12,9 @@ import (
 // its source.
 type writeError struct{ error }
 
-func (e writeError) Unwrap() error { return e.error }
-
-// isWriteError is errors.As for writeError without its allocation on every
-// call: the copy functions return writeError unwrapped.
+// isWriteError reports a writeError. A type assertion rather than errors.As,
+// whose pointer argument would allocate on every request; the copy functions
+// return writeError unwrapped.
 func isWriteError(err error) bool {
 	_, ok := err.(writeError)
 	return ok

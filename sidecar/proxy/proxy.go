@@ -1,10 +1,10 @@
 // Package proxy forwards HTTP/1.1 and WebSocket traffic from the public port
 // to the app on loopback, recording activity as it goes.
 //
-// Requests go over a pool of persistent upstream connections that the handler
-// goroutine writes to and reads from directly: no per-connection reader and
-// writer goroutines and no channel hand-offs, which is where a general
-// http.Transport spends most of its time on tiny requests.
+// Requests go over a pool of persistent upstream connections that the client
+// connection's goroutine writes to and reads from directly: no per-connection
+// reader and writer goroutines and no channel hand-offs, which is where a
+// general http.Transport spends most of its time on tiny requests.
 package proxy
 
 import (
