@@ -19,13 +19,13 @@ import (
 
 // Milestones a watch can see, in the order they normally happen.
 const (
-	slabSeen      = "slab created"
-	podSeen       = "pod created"
-	podScheduled  = "pod scheduled"
-	podHasIP      = "pod IP reported"
-	podRunning    = "containers running"
-	podReady      = "pod Ready"
-	slabReady     = "slab Ready"
+	slabSeen     = "slab created"
+	podSeen      = "pod created"
+	podScheduled = "pod scheduled"
+	podHasIP     = "pod IP reported"
+	podRunning   = "containers running"
+	podReady     = "pod Ready"
+	slabReady    = "slab Ready"
 )
 
 // timeline records when this process first saw each milestone of each
