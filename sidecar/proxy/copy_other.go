@@ -3,14 +3,18 @@
 package proxy
 
 import (
-	"io"
 	"net"
 	"syscall"
 )
 
 func (cr *connReader) init(c net.Conn) { cr.conn = c }
 
-func copyStream(dst io.Writer, src net.Conn, observe func([]byte)) error {
+// socketWriter is the connection itself where raw system calls are not used.
+type socketWriter struct{ net.Conn }
+
+func (sw *socketWriter) init(c net.Conn) { sw.Conn = c }
+
+func copyStream(dst net.Conn, src net.Conn, observe func([]byte)) error {
 	return plainCopy(dst, src, observe)
 }
 

@@ -100,7 +100,7 @@ func (cc *clientConn) serveRequest(headLen int) bool {
 	decodeChunks := resp.chunked && h.http10 && !noBody
 	closeDelimited := !noBody && !resp.chunked && resp.contentLength < 0
 	closeClient := h.wantsClose || closeDelimited || decodeChunks || p.draining.Load()
-	w := getWriter(cc.conn)
+	w := getWriter(&cc.out)
 	defer putWriter(w)
 	writeResponseHead(w, resp, h.http10, closeClient, decodeChunks)
 	var n int64
@@ -150,7 +150,7 @@ func (cc *clientConn) sendRequest(uc *upstreamConn, bodyRead *bool) error {
 		if h.expectContinue && len(cc.in.buffered()) == 0 {
 			// The client waits for this before sending the body; it is sent
 			// only once the app is known to be reachable.
-			if _, err := cc.conn.Write([]byte("HTTP/1.1 100 Continue\r\n\r\n")); err != nil {
+			if _, err := cc.out.Write(continueResponse); err != nil {
 				return err
 			}
 		}
@@ -172,6 +172,8 @@ func (cc *clientConn) sendRequest(uc *upstreamConn, bodyRead *bool) error {
 	}
 	return nil
 }
+
+var continueResponse = []byte("HTTP/1.1 100 Continue\r\n\r\n")
 
 // writeRequestHead writes the request line and fields as received, minus
 // hop-by-hop fields, plus the proxy's own.
@@ -278,7 +280,7 @@ func writeResponseHead(w *bufio.Writer, h *responseHead, http10, closing, decode
 func (cc *clientConn) badGateway(bodyRead, headRequest bool) bool {
 	cc.p.m.upstreamErrors.Inc()
 	closing := !bodyRead || cc.req.wantsClose || cc.p.draining.Load()
-	w := getWriter(cc.conn)
+	w := getWriter(&cc.out)
 	defer putWriter(w)
 	writeShortResponse(w, cc.req.http10, 502, "the app is not answering", closing, headRequest)
 	if w.Flush() != nil {
@@ -295,6 +297,7 @@ func (cc *clientConn) badGateway(bodyRead, headRequest bool) bool {
 // dropping informational ones: 100 Continue was already answered to the
 // client by the proxy.
 func (uc *upstreamConn) readResponseHead(h *responseHead) error {
+	uc.in.yieldForReply()
 	for {
 		n, err := uc.in.readHead(maxResponseHead, errMalformedResponse)
 		if err != nil {

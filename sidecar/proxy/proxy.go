@@ -89,7 +89,7 @@ func New(c Config) *Proxy {
 // handshake.
 func (cc *clientConn) startTunnel(uc *upstreamConn) {
 	p := cc.p
-	w := getWriter(cc.conn)
+	w := getWriter(&cc.out)
 	w.WriteString("HTTP/1.1 ")
 	w.Write(cc.resp.statusRest)
 	w.WriteString("\r\n")
@@ -177,6 +177,7 @@ func (t *tunnel) pump(src, dst net.Conn, early []byte, d *direction) {
 type upstreamConn struct {
 	net.Conn
 	in        connReader
+	sock      socketWriter
 	out       *bufio.Writer // nil while idle
 	idleSince time.Time
 }
@@ -184,12 +185,13 @@ type upstreamConn struct {
 func newUpstreamConn(c net.Conn) *upstreamConn {
 	uc := &upstreamConn{Conn: c}
 	uc.in.init(c)
+	uc.sock.init(c)
 	return uc
 }
 
 func (uc *upstreamConn) writer() *bufio.Writer {
 	if uc.out == nil {
-		uc.out = getWriter(uc.Conn)
+		uc.out = getWriter(&uc.sock)
 	}
 	return uc.out
 }

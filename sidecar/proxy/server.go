@@ -167,6 +167,7 @@ type clientConn struct {
 	p     *Proxy
 	conn  net.Conn
 	in    connReader
+	out   socketWriter
 	state atomic.Int32
 	// Reused for every request on the connection.
 	req  requestHead
@@ -192,6 +193,7 @@ func (cc *clientConn) serve() {
 		}
 	}()
 	cc.in.init(cc.conn)
+	cc.out.init(cc.conn)
 	host, _, err := net.SplitHostPort(cc.conn.RemoteAddr().String())
 	if err != nil {
 		host = cc.conn.RemoteAddr().String()
@@ -248,6 +250,7 @@ func (cc *clientConn) awaitRequest() error {
 		if skip < len(b) {
 			return nil
 		}
+		cc.in.yieldForReply()
 		if err := cc.in.fill(); err != nil {
 			return err
 		}
@@ -256,7 +259,7 @@ func (cc *clientConn) awaitRequest() error {
 
 // refuse answers a request the proxy will not forward and ends the connection.
 func (cc *clientConn) refuse(e *statusError) {
-	w := getWriter(cc.conn)
+	w := getWriter(&cc.out)
 	defer putWriter(w)
 	writeShortResponse(w, false, e.status, e.reason, true, false)
 	if w.Flush() == nil {
