@@ -230,6 +230,9 @@ func writeField(w *bufio.Writer, name, value []byte) {
 	w.WriteString("\r\n")
 }
 
+// httpDateLayout is the IMF-fixdate form of RFC 9110 §5.6.7, in UTC.
+const httpDateLayout = "Mon, 02 Jan 2006 15:04:05 GMT"
+
 // writeResponseHead writes the app's response head for the client: its
 // fields as received minus hop-by-hop ones, with the connection handling of
 // this hop.
@@ -264,8 +267,9 @@ func writeResponseHead(w *bufio.Writer, h *responseHead, http10, closing, decode
 	if !h.hasDate {
 		// RFC 9110 §6.6.1: a recipient with a clock adds a missing Date.
 		w.WriteString("Date: ")
-		var b [32]byte
-		w.Write(time.Now().UTC().AppendFormat(b[:0], "Mon, 02 Jan 2006 15:04:05 GMT"))
+		// Formatted into the writer's free space: a local array would
+		// escape through Write and cost an allocation per response.
+		w.Write(time.Now().UTC().AppendFormat(w.AvailableBuffer(), httpDateLayout))
 		w.WriteString("\r\n")
 	}
 	if closing {
