@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -330,13 +331,85 @@ func median(xs []float64) float64 {
 	return s[len(s)/2]
 }
 
+// nginxConfig proxies to the app the way a tuned reverse proxy would: one
+// worker (the sidecar runs on one P), a keep-alive upstream pool, unbuffered
+// responses, and WebSocket upgrades passed through.
+const nginxConfig = `%s
+worker_processes 1;
+daemon off;
+pid %s/nginx.pid;
+events { worker_connections 4096; }
+http {
+	access_log off;
+	map $http_upgrade $connection_upgrade { default upgrade; '' ''; }
+	upstream app { server 127.0.0.1:%d; keepalive 1024; }
+	server {
+		listen 127.0.0.1:%d;
+		location / {
+			proxy_pass http://app;
+			proxy_http_version 1.1;
+			proxy_set_header Upgrade $http_upgrade;
+			proxy_set_header Connection $connection_upgrade;
+			proxy_buffering off;
+		}
+	}
+}
+`
+
+// startNginx starts nginx in front of the app as the reference proxy and
+// returns its worker's pid and address; the address is empty when nginx is
+// not installed or SIDECAR_BENCH_NGINX=0.
+func startNginx(t *testing.T, appPort int) (worker int, public string) {
+	t.Helper()
+	bin, err := exec.LookPath("nginx")
+	if err != nil || os.Getenv("SIDECAR_BENCH_NGINX") == "0" {
+		return 0, ""
+	}
+	dir := t.TempDir()
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;" // workers would otherwise run as nobody, who cannot use dir
+	}
+	port := freePort(t)
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(nginxConfig, user, dir, appPort, port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", "stderr")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// SIGTERM, not Kill: the master then stops its worker, which would
+	// otherwise outlive it holding the test's stderr open.
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	public = fmt.Sprintf("127.0.0.1:%d", port)
+	waitHTTP(t, "http://"+public+"/")
+	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+	if err != nil || len(strings.Fields(string(children))) != 1 {
+		t.Fatalf("cannot find nginx's worker process: %v %q", err, children)
+	}
+	worker, _ = strconv.Atoi(strings.Fields(string(children))[0])
+	return worker, public
+}
+
+// path is one way to reach the app: directly, through the sidecar, or
+// through the reference proxy.
+type path struct {
+	name string
+	addr string
+	pid  int // the process whose CPU time per request is reported; 0 for none
+	// Per-round results.
+	rps, p99, cpu, fixed50, fixed99, wsThroughput, wsPingPong []float64
+}
+
 func TestFigures(t *testing.T) {
 	if os.Getenv("SIDECAR_BENCH") == "" {
 		t.Skip("set SIDECAR_BENCH=1 (or use run.sh) to measure")
 	}
 	rounds, _ := strconv.Atoi(os.Getenv("SIDECAR_BENCH_ROUNDS"))
 	if rounds <= 0 {
-		rounds = 3
+		rounds = 5
 	}
 	appPort := freePort(t)
 	app := startApp(t, fmt.Sprintf("SIDECAR_BENCH_APP_ADDR=127.0.0.1:%d", appPort))
@@ -352,7 +425,7 @@ func TestFigures(t *testing.T) {
 		servePort, statusPort := freePort(t), freePort(t)
 		cmd = exec.Command(bin, "--listen-host=127.0.0.1", fmt.Sprintf("--serve-port=%d", servePort),
 			fmt.Sprintf("--upstream-port=%d", appPort), fmt.Sprintf("--status-port=%d", statusPort))
-		cmd.Env = append(os.Environ(), os.Getenv("SIDECAR_BENCH_SIDECAR_ENV")) // e.g. GOMAXPROCS=1
+		cmd.Env = append(os.Environ(), os.Getenv("SIDECAR_BENCH_SIDECAR_ENV")) // e.g. GOMAXPROCS=2
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -365,73 +438,100 @@ func TestFigures(t *testing.T) {
 	loaded, proxied, _ := startSidecar()
 	fresh, freshPublic, freshStatus := startSidecar()
 
-	var report strings.Builder
-	fmt.Fprintf(&report, "rounds: %d (median of each; direct and sidecar alternate)\n\n", rounds)
-	fmt.Fprintf(&report, "| measure | direct | sidecar | ratio | target |\n| --- | --- | --- | --- | --- |\n")
+	paths := []*path{{name: "direct", addr: direct, pid: app.Process.Pid}, {name: "sidecar", addr: proxied, pid: loaded.Process.Pid}}
+	if worker, public := startNginx(t, appPort); public != "" {
+		paths = append(paths, &path{name: "nginx", addr: public, pid: worker})
+	}
+	directPath, sidecarPath := paths[0], paths[1]
+	var nginxPath *path
+	if len(paths) == 3 {
+		nginxPath = paths[2]
+	}
 
 	// SIDECAR_BENCH_ONLY_RSS=1 skips the load tests (for quick memory work).
 	onlyRSS := os.Getenv("SIDECAR_BENCH_ONLY_RSS") != ""
+	_, wrkErr := exec.LookPath("wrk")
 	if onlyRSS {
 		rounds = 0
-	} else if _, err := exec.LookPath("wrk"); err != nil {
-		fmt.Fprintf(&report, "| HTTP (wrk missing) | | | | |\n")
-	} else {
-		runWrk(t, "http://"+direct+"/", 2*time.Second) // warm-up both paths
-		runWrk(t, "http://"+proxied+"/", 2*time.Second)
-		var dRPS, sRPS, dP99, sP99, dCPU, sCPU []float64
-		for i := 0; i < rounds; i++ {
-			appCPU := cpuSeconds(t, app.Process.Pid)
-			d := runWrk(t, "http://"+direct+"/", 5*time.Second)
-			appCPU = cpuSeconds(t, app.Process.Pid) - appCPU
-			sidecarCPU := cpuSeconds(t, loaded.Process.Pid)
-			s := runWrk(t, "http://"+proxied+"/", 5*time.Second)
-			sidecarCPU = cpuSeconds(t, loaded.Process.Pid) - sidecarCPU
-			dCPU, sCPU = append(dCPU, appCPU/d.requests*1e6), append(sCPU, sidecarCPU/s.requests*1e6)
-			dRPS, sRPS = append(dRPS, d.rps), append(sRPS, s.rps)
-			dP99, sP99 = append(dP99, d.p99ms), append(sP99, s.p99ms)
-			t.Logf("round %d: direct %.0f req/s p99 %.3f ms; sidecar %.0f req/s p99 %.3f ms", i, d.rps, d.p99ms, s.rps, s.p99ms)
+	} else if wrkErr == nil {
+		for _, p := range paths {
+			runWrk(t, "http://"+p.addr+"/", 2*time.Second) // warm-up
 		}
-		fmt.Fprintf(&report, "| HTTP req/s, wrk -t2 -c32, small GET | %.0f | %.0f | %.2f× | ≥ 0.5× |\n",
-			median(dRPS), median(sRPS), median(sRPS)/median(dRPS))
-		fmt.Fprintf(&report, "| HTTP p99 latency at saturation (the wrk runs above) | %.3f ms | %.3f ms | +%.3f ms | |\n",
-			median(dP99), median(sP99), median(sP99)-median(dP99))
-		fmt.Fprintf(&report, "| CPU per request: the app (direct run) vs the sidecar itself | %.1f µs | %.1f µs | %.2f× | |\n",
-			median(dCPU), median(sCPU), median(sCPU)/median(dCPU))
+	}
+	// Each round measures every path once, one after the other, so slow
+	// drifts in the machine's speed hit all of them alike.
+	for i := 0; i < rounds; i++ {
+		if wrkErr == nil {
+			for _, p := range paths {
+				cpu := cpuSeconds(t, p.pid)
+				r := runWrk(t, "http://"+p.addr+"/", 5*time.Second)
+				cpu = cpuSeconds(t, p.pid) - cpu
+				p.rps, p.p99, p.cpu = append(p.rps, r.rps), append(p.p99, r.p99ms), append(p.cpu, cpu/r.requests*1e6)
+				t.Logf("round %d: %s %.0f req/s, p99 %.3f ms, %.1f µs CPU per request", i, p.name, r.rps, r.p99ms, cpu/r.requests*1e6)
+			}
+		}
+		for _, p := range paths {
+			l, late := fixedRate(t, p.addr, 2000, 32, 5*time.Second)
+			p.fixed50, p.fixed99 = append(p.fixed50, float64(l.p50)/1e6), append(p.fixed99, float64(l.p99)/1e6)
+			t.Logf("round %d: %s at 2000 req/s: p50 %v p99 %v (%d late sends)", i, p.name, l.p50, l.p99, late)
+		}
+		for _, p := range paths {
+			tp := wsThroughput(t, "ws://"+p.addr+"/ws", 32, 32, 3*time.Second)
+			pp := wsEcho(t, "ws://"+p.addr+"/ws", 32, 3*time.Second)
+			p.wsThroughput, p.wsPingPong = append(p.wsThroughput, tp), append(p.wsPingPong, pp)
+			t.Logf("round %d: %s WebSocket throughput %.0f msg/s, ping-pong %.0f msg/s", i, p.name, tp, pp)
+		}
 	}
 
-	var d50, s50, d99, s99 []float64
-	for i := 0; i < rounds; i++ {
-		d, dLate := fixedRate(t, direct, 2000, 32, 5*time.Second)
-		s, sLate := fixedRate(t, proxied, 2000, 32, 5*time.Second)
-		ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
-		d50, s50 = append(d50, ms(d.p50)), append(s50, ms(s.p50))
-		d99, s99 = append(d99, ms(d.p99)), append(s99, ms(s.p99))
-		t.Logf("round %d: 2000 req/s: direct p50 %v p99 %v (%d late sends); sidecar p50 %v p99 %v (%d late sends)",
-			i, d.p50, d.p99, dLate, s.p50, s.p99, sLate)
+	var report strings.Builder
+	fmt.Fprintf(&report, "rounds: %d; each round measures every path in turn. Values are medians over the rounds;\n"+
+		"ratios and differences are medians of the per-round ratios and differences to direct.\n\n", rounds)
+	fmt.Fprintf(&report, "| measure | direct | sidecar | sidecar vs direct | nginx | nginx vs direct | target (sidecar) |\n| --- | --- | --- | --- | --- | --- | --- |\n")
+	// row prints one measure: the median of each path's rounds, and the
+	// median over rounds of each proxy's ratio to (or difference from)
+	// direct in the same round. The machine's speed drifts by tens of
+	// percent between rounds, so comparing within a round is what makes
+	// the ratio steady; a ratio of two overall medians would pair rounds
+	// that ran at different speeds.
+	row := func(measure, format string, values func(*path) []float64, difference bool, target string) {
+		d := values(directPath)
+		if len(d) == 0 {
+			return
+		}
+		compare := func(p *path) string {
+			v := values(p)
+			per := make([]float64, len(v))
+			for i := range v {
+				if difference {
+					per[i] = v[i] - d[i]
+				} else {
+					per[i] = v[i] / d[i]
+				}
+			}
+			if difference {
+				return fmt.Sprintf("%+.3f ms", median(per))
+			}
+			return fmt.Sprintf("%.2f×", median(per))
+		}
+		ng, ngVs := "—", "—"
+		if nginxPath != nil {
+			ng, ngVs = fmt.Sprintf(format, median(values(nginxPath))), compare(nginxPath)
+		}
+		fmt.Fprintf(&report, "| %s | "+format+" | "+format+" | %s | %s | %s | %s |\n",
+			measure, median(d), median(values(sidecarPath)), compare(sidecarPath), ng, ngVs, target)
+	}
+	if wrkErr != nil {
+		fmt.Fprintf(&report, "| HTTP (wrk missing) | | | | | | |\n")
+	} else if !onlyRSS {
+		row("HTTP req/s, wrk -t2 -c32, small GET", "%.0f", func(p *path) []float64 { return p.rps }, false, "≥ 0.5×")
+		row("HTTP p99 latency, the same wrk runs (at saturation)", "%.3f ms", func(p *path) []float64 { return p.p99 }, true, "≤ +0.3 ms")
+		row("CPU per request of the app (direct) or the proxy process", "%.1f µs", func(p *path) []float64 { return p.cpu }, false, "")
 	}
 	if !onlyRSS {
-		fmt.Fprintf(&report, "| HTTP p50 latency at a fixed 2000 req/s, 32 connections | %.3f ms | %.3f ms | +%.3f ms | |\n",
-			median(d50), median(s50), median(s50)-median(d50))
-		fmt.Fprintf(&report, "| HTTP p99 latency at a fixed 2000 req/s, 32 connections | %.3f ms | %.3f ms | +%.3f ms | ≤ +0.3 ms |\n",
-			median(d99), median(s99), median(s99)-median(d99))
-	}
-
-	var dWS, sWS, dWT, sWT []float64
-	for i := 0; i < rounds; i++ {
-		d := wsEcho(t, "ws://"+direct+"/ws", 32, 3*time.Second)
-		s := wsEcho(t, "ws://"+proxied+"/ws", 32, 3*time.Second)
-		dWS, sWS = append(dWS, d), append(sWS, s)
-		dt := wsThroughput(t, "ws://"+direct+"/ws", 32, 32, 3*time.Second)
-		st := wsThroughput(t, "ws://"+proxied+"/ws", 32, 32, 3*time.Second)
-		dWT, sWT = append(dWT, dt), append(sWT, st)
-		t.Logf("round %d: WebSocket ping-pong direct %.0f msg/s, sidecar %.0f msg/s; throughput direct %.0f msg/s, sidecar %.0f msg/s",
-			i, d, s, dt, st)
-	}
-	if !onlyRSS {
-		fmt.Fprintf(&report, "| WebSocket echo msg/s, throughput: 32 sockets, 32 messages in flight each, 1 KiB | %.0f | %.0f | %.2f× | ≥ 0.8× |\n",
-			median(dWT), median(sWT), median(sWT)/median(dWT))
-		fmt.Fprintf(&report, "| WebSocket echo msg/s, ping-pong: 32 sockets, one message in flight each, 1 KiB | %.0f | %.0f | %.2f× | |\n",
-			median(dWS), median(sWS), median(sWS)/median(dWS))
+		row("HTTP p50 latency at a fixed 2000 req/s, 32 connections", "%.3f ms", func(p *path) []float64 { return p.fixed50 }, true, "")
+		row("HTTP p99 latency at a fixed 2000 req/s, 32 connections", "%.3f ms", func(p *path) []float64 { return p.fixed99 }, true, "≤ +0.3 ms")
+		row("WebSocket echo msg/s, throughput: 32 sockets, 32 messages in flight each, 1 KiB", "%.0f", func(p *path) []float64 { return p.wsThroughput }, false, "≥ 0.8×")
+		row("WebSocket echo msg/s, ping-pong: 32 sockets, one message in flight each, 1 KiB", "%.0f", func(p *path) []float64 { return p.wsPingPong }, false, "")
 	}
 
 	// Idle sockets: RSS of each sidecar process with 1000 open.
@@ -467,7 +567,7 @@ func TestFigures(t *testing.T) {
 		for _, c := range idle {
 			c.Close()
 		}
-		fmt.Fprintf(&report, "| RSS with 1000 idle WebSockets, %s | | %.1f MiB (%.1f MiB before) | | ≤ 20 MiB |\n",
+		fmt.Fprintf(&report, "| RSS with 1000 idle WebSockets, %s | | %.1f MiB (%.1f MiB before) | | | | ≤ 20 MiB |\n",
 			sc.name, float64(with)/1024, float64(before)/1024)
 	}
 
