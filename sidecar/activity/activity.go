@@ -26,8 +26,8 @@ type Tracker struct {
 	sockets map[*Socket]struct{}
 	idle    int // sockets idle at the last check; guarded by mu
 
-	subMu sync.Mutex                      // serialises Subscribe/cancel
-	subs  atomic.Pointer[[]chan struct{}] // copy-on-write, read lock-free by notify
+	subMu sync.Mutex                        // serialises Subscribe/cancel
+	subs  atomic.Pointer[[]*Subscription] // copy-on-write, read lock-free by notify
 }
 
 // New returns a tracker; wsIdle 0 disables the WebSocket idle rule. The
@@ -35,7 +35,7 @@ type Tracker struct {
 func New(wsIdle time.Duration) *Tracker {
 	t := &Tracker{wsIdle: wsIdle, sockets: map[*Socket]struct{}{}}
 	t.lastActive.Store(time.Now().UnixNano())
-	t.subs.Store(&[]chan struct{}{})
+	t.subs.Store(&[]*Subscription{})
 	return t
 }
 
@@ -107,7 +107,7 @@ func (t *Tracker) Ready() bool { return t.ready.Load() }
 // SetReady records whether the app listens; it notifies only on a flip.
 func (t *Tracker) SetReady(ready bool) {
 	if t.ready.Swap(ready) != ready {
-		t.notify()
+		t.signal(true)
 	}
 }
 
@@ -199,33 +199,58 @@ func (t *Tracker) WatchIdle(interval time.Duration, stop <-chan struct{}) {
 	}
 }
 
-// Subscribe returns a channel that receives a value after changes (several
-// changes may collapse into one value) and a function to unsubscribe.
-func (t *Tracker) Subscribe() (<-chan struct{}, func()) {
+// Subscription delivers change signals to one subscriber.
+type Subscription struct {
+	// C receives a value after changes; several changes may collapse into
+	// one value, and the subscriber reads the state itself.
+	C      <-chan struct{}
+	ch     chan struct{}
+	paused atomic.Bool
+}
+
+// Pause stops signals for ordinary changes until Resume; a readiness flip is
+// still signalled. A subscriber that is holding changes back anyway (the
+// status stream's coalescing window) pauses, so that the two updates every
+// proxied request makes do not wake it for nothing.
+func (s *Subscription) Pause() { s.paused.Store(true) }
+
+// Resume restarts signals. Changes made while paused were not signalled:
+// read the state after calling it.
+func (s *Subscription) Resume() { s.paused.Store(false) }
+
+// Subscribe returns a new subscription and a function to end it.
+func (t *Tracker) Subscribe() (*Subscription, func()) {
 	ch := make(chan struct{}, 1)
+	sub := &Subscription{C: ch, ch: ch}
 	t.subMu.Lock()
 	old := *t.subs.Load()
-	next := append(old[:len(old):len(old)], ch)
+	next := append(old[:len(old):len(old)], sub)
 	t.subs.Store(&next)
 	t.subMu.Unlock()
-	return ch, func() {
+	return sub, func() {
 		t.subMu.Lock()
 		defer t.subMu.Unlock()
 		cur := *t.subs.Load()
-		next := make([]chan struct{}, 0, len(cur))
-		for _, c := range cur {
-			if c != ch {
-				next = append(next, c)
+		next := make([]*Subscription, 0, len(cur))
+		for _, s := range cur {
+			if s != sub {
+				next = append(next, s)
 			}
 		}
 		t.subs.Store(&next)
 	}
 }
 
-func (t *Tracker) notify() {
-	for _, ch := range *t.subs.Load() {
+func (t *Tracker) notify() { t.signal(false) }
+
+// signal wakes the subscribers; urgent ones (readiness) reach paused ones too.
+func (t *Tracker) signal(urgent bool) {
+	for _, s := range *t.subs.Load() {
+		if !urgent && s.paused.Load() {
+			continue
+		}
 		select {
-		case ch <- struct{}{}:
+		case s.ch <- struct{}{}:
 		default: // a signal is already pending; the subscriber will read fresh state
 		}
 	}

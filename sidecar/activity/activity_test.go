@@ -38,12 +38,12 @@ func TestCountsAndLastActive(t *testing.T) {
 
 func TestSubscribeNotifiesAndCoalesces(t *testing.T) {
 	tr := New(0)
-	ch, cancel := tr.Subscribe()
-	ch2, cancel2 := tr.Subscribe()
+	sub, cancel := tr.Subscribe()
+	sub2, cancel2 := tr.Subscribe()
 	defer cancel2()
 	tr.RequestStarted()
 	tr.RequestFinished() // two changes, one pending signal
-	for _, c := range []<-chan struct{}{ch, ch2} {
+	for _, c := range []<-chan struct{}{sub.C, sub2.C} {
 		select {
 		case <-c:
 		default:
@@ -56,27 +56,56 @@ func TestSubscribeNotifiesAndCoalesces(t *testing.T) {
 		}
 	}
 	tr.SetReady(true)
-	<-ch
+	<-sub.C
 	tr.SetReady(true) // no flip, no signal
 	select {
-	case <-ch:
+	case <-sub.C:
 		t.Fatal("signal without a change")
 	default:
 	}
 	cancel()
 	tr.SetReady(false)
 	select {
-	case <-ch:
+	case <-sub.C:
 		t.Fatal("signal after unsubscribe")
 	default:
 	}
-	<-ch2
+	<-sub2.C
+}
+
+func TestPausedSubscriptionHearsOnlyReadiness(t *testing.T) {
+	tr := New(0)
+	sub, cancel := tr.Subscribe()
+	defer cancel()
+	sub.Pause()
+	tr.RequestStarted()
+	tr.RequestFinished()
+	ws := tr.SocketOpened()
+	select {
+	case <-sub.C:
+		t.Fatal("a paused subscription was signalled for requests and sockets")
+	default:
+	}
+	tr.SetReady(true)
+	select {
+	case <-sub.C:
+	default:
+		t.Fatal("a readiness flip did not reach the paused subscription")
+	}
+	sub.Resume()
+	ws.Closed()
+	select {
+	case <-sub.C:
+	default:
+		t.Fatal("no signal after Resume")
+	}
 }
 
 func TestIdleWebSockets(t *testing.T) {
 	tr := New(100 * time.Millisecond)
-	ch, cancel := tr.Subscribe()
+	sub, cancel := tr.Subscribe()
 	defer cancel()
+	ch := sub.C
 	ws := tr.SocketOpened()
 	<-ch
 	if s := tr.Snapshot(); s.LiveConnections != 1 {

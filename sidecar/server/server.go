@@ -110,7 +110,7 @@ func Run(ctx context.Context, c Config) error {
 // still route new requests for a moment after SIGTERM.
 func drain(t *activity.Tracker, d time.Duration) {
 	deadline := time.Now().Add(d)
-	changed, unsubscribe := t.Subscribe()
+	sub, unsubscribe := t.Subscribe()
 	defer unsubscribe()
 	for {
 		s := t.Snapshot()
@@ -122,7 +122,7 @@ func drain(t *activity.Tracker, d time.Duration) {
 			return
 		}
 		select {
-		case <-changed:
+		case <-sub.C:
 		case <-time.After(min(wait, readyPollSlow)):
 		}
 	}

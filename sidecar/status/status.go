@@ -51,7 +51,7 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	changed, unsubscribe := h.Tracker.Subscribe()
+	sub, unsubscribe := h.Tracker.Subscribe()
 	defer unsubscribe()
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
@@ -92,7 +92,7 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
-		case <-changed:
+		case <-sub.C:
 			// A readiness flip skips the window: the sweeper's Ready fast path
 			// waits on it, and it happens at most once per poll.
 			if h.Tracker.Ready() != last.Ready {
@@ -106,6 +106,7 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 			}
 			if wait := MinEventInterval - time.Since(lastSent); wait > 0 {
 				pending = true
+				sub.Pause()
 				coalesce.Reset(wait)
 				continue
 			}
@@ -114,6 +115,7 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 			}
 		case <-coalesce.C:
 			pending = false
+			sub.Resume() // before send reads the state, so no change falls in between
 			if !send(false) {
 				return
 			}
