@@ -292,6 +292,27 @@ func fixedRate(t *testing.T, addr string, rate, conns int, d time.Duration) (lat
 	return latencies{p50: all[len(all)/2], p99: all[len(all)*99/100]}, lateTotal
 }
 
+// followEvents reads the sidecar's /_events stream until the test ends and
+// counts its events.
+func followEvents(t *testing.T, statusPort int) *atomic.Int64 {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/_events", statusPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	var events atomic.Int64
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "data:") {
+				events.Add(1)
+			}
+		}
+	}()
+	return &events
+}
+
 func rssKiB(t *testing.T, pid int) int {
 	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
@@ -435,7 +456,10 @@ func TestFigures(t *testing.T) {
 		waitHTTP(t, "http://"+public+"/")
 		return cmd, public, statusPort
 	}
-	loaded, proxied, _ := startSidecar()
+	loaded, proxied, loadedStatus := startSidecar()
+	// The sweeper holds a status stream on every sidecar; so does the run.
+	events := followEvents(t, loadedStatus)
+	runStart := time.Now()
 	fresh, freshPublic, freshStatus := startSidecar()
 
 	paths := []*path{{name: "direct", addr: direct, pid: app.Process.Pid}, {name: "sidecar", addr: proxied, pid: loaded.Process.Pid}}
@@ -534,6 +558,8 @@ func TestFigures(t *testing.T) {
 		row("WebSocket echo msg/s, ping-pong: 32 sockets, one message in flight each, 1 KiB", "%.0f", func(p *path) []float64 { return p.wsPingPong }, false, "")
 	}
 
+	eventCount, loadTime := events.Load(), time.Since(runStart)
+
 	// Idle sockets: RSS of each sidecar process with 1000 open.
 	time.Sleep(2 * time.Second) // let the loaded one's GC and scavenger catch up
 	for _, sc := range []struct {
@@ -571,6 +597,8 @@ func TestFigures(t *testing.T) {
 			sc.name, float64(with)/1024, float64(before)/1024)
 	}
 
+	fmt.Fprintf(&report, "\nThe loaded sidecar's status stream, followed throughout as the sweeper follows it, carried %d events in the %.0f s of load (%.1f/s).\n",
+		eventCount, loadTime.Seconds(), float64(eventCount)/loadTime.Seconds())
 	t.Log("\n" + report.String())
 	if out := os.Getenv("SIDECAR_BENCH_OUT"); out != "" {
 		if err := os.WriteFile(out, []byte(report.String()), 0o644); err != nil {
