@@ -26,7 +26,7 @@ type Tracker struct {
 	sockets map[*Socket]struct{}
 	idle    int // sockets idle at the last check; guarded by mu
 
-	subMu sync.Mutex                        // serialises Subscribe/cancel
+	subMu sync.Mutex                      // serialises Subscribe/cancel
 	subs  atomic.Pointer[[]*Subscription] // copy-on-write, read lock-free by notify
 }
 
