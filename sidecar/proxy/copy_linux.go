@@ -1,3 +1,5 @@
+//go:build linux && !386
+
 package proxy
 
 import (
@@ -17,27 +19,23 @@ import (
 
 // rawRead reads into b with one read(2).
 func rawRead(fd uintptr, b []byte) (int, syscall.Errno) {
-	if len(b) == 0 {
-		return 0, 0
-	}
-	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		switch errno {
-		case 0:
-			return int(n), 0
-		case syscall.EINTR:
-		default:
-			return 0, errno
-		}
-	}
+	return rawTransfer(syscall.SYS_READ, fd, b, 0)
 }
 
 // rawSend writes b with one send(2); MSG_NOSIGNAL spares a SIGPIPE on a
 // connection the peer has closed.
 func rawSend(fd uintptr, b []byte) (int, syscall.Errno) {
+	return rawTransfer(syscall.SYS_SENDTO, fd, b, syscall.MSG_NOSIGNAL)
+}
+
+// rawTransfer makes one read or sendto call (read ignores the flags and the
+// unused address arguments), retrying when a signal interrupts it.
+func rawTransfer(trap, fd uintptr, b []byte, flags uintptr) (int, syscall.Errno) {
+	if len(b) == 0 {
+		return 0, 0
+	}
 	for {
-		n, _, errno := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
-			syscall.MSG_NOSIGNAL, 0, 0)
+		n, _, errno := syscall.RawSyscall6(trap, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), flags, 0, 0)
 		switch errno {
 		case 0:
 			return int(n), 0
