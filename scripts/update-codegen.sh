@@ -35,12 +35,15 @@ kube::codegen::gen_client \
   --boilerplate "$BOILERPLATE" \
   "$ROOT/apis"
 
-# The CRD comes from the same types, through controller-gen. Descriptions are
-# cut (maxDescLen=0): with the embedded core types (Container, Volume,
-# Affinity) described in full the manifest passes the 256 KiB that client-side
-# `kubectl apply` can store in its last-applied annotation. docs/api.md
-# describes spawner's own fields instead.
+# The CRD comes from the same types, through controller-gen, with the field
+# descriptions `kubectl explain` shows. trimcrd then removes those of the core
+# types embedded under spec.template (Container, Volume, Affinity...): described
+# in full they push the manifest past the 256 KiB that client-side
+# `kubectl apply` can store in its last-applied annotation, and they are the
+# Pod's own documentation (`kubectl explain pod.spec.containers`).
 (cd "$TOOLS" && GOWORK=off go build -o "$GOBIN/controller-gen" sigs.k8s.io/controller-tools/cmd/controller-gen)
+(cd "$TOOLS" && GOWORK=off go build -o "$GOBIN/trimcrd" ./trimcrd)
 mkdir -p "$ROOT/deploy/crd"
-(cd "$ROOT/apis" && "$GOBIN/controller-gen" crd:maxDescLen=0 paths=./spawner/... output:crd:dir="$ROOT/deploy/crd")
+(cd "$ROOT/apis" && "$GOBIN/controller-gen" crd paths=./spawner/... output:crd:dir="$ROOT/deploy/crd")
+"$GOBIN/trimcrd" "$ROOT/deploy/crd/spawner.dev_sessionlivedbackends.yaml"
 echo "generated: apis/spawner/v1/zz_generated.deepcopy.go, generated/, deploy/crd/"

@@ -200,3 +200,64 @@ func TestPrinterColumnsShowPhaseNodeURLAndAge(t *testing.T) {
 		t.Errorf("row %v, want phase Running, node node-y and the URL", cells)
 	}
 }
+
+func TestExplainShowsSpawnersFieldDocs(t *testing.T) {
+	cfg := clustertest.Config(t)
+	clustertest.EnsureCRD(t, cfg)
+	rest := kubernetes.NewForConfigOrDie(cfg).CoreV1().RESTClient()
+	// `kubectl explain slab.spec` reads the group version's OpenAPI v3
+	// document, which the API server publishes shortly after the CRD changes.
+	var schema map[string]any
+	clustertest.Eventually(t, 60*time.Second, "the CRD's schema published with descriptions", func() (bool, error) {
+		raw, err := rest.Get().AbsPath("/openapi/v3/apis/spawner.dev/v1").DoRaw(context.Background())
+		if err != nil {
+			return false, nil // not published yet
+		}
+		var doc struct {
+			Components struct {
+				Schemas map[string]map[string]any `json:"schemas"`
+			} `json:"components"`
+		}
+		if err := json.Unmarshal(raw, &doc); err != nil {
+			return false, err
+		}
+		schema = doc.Components.Schemas["dev.spawner.v1.SessionLivedBackend"]
+		return fieldDescription(schema, "spec", "gracePeriodSeconds") != "", nil
+	})
+	for _, c := range []struct {
+		path []string
+		want string
+	}{
+		{[]string{"spec", "gracePeriodSeconds"}, "resets the countdown"},
+		{[]string{"spec", "template"}, "first container is the application"},
+		{[]string{"spec", "template", "automountServiceAccountToken"}, "defaults to false"},
+		{[]string{"status", "phase"}, "Ready"},
+	} {
+		if got := fieldDescription(schema, c.path...); !strings.Contains(got, c.want) {
+			t.Errorf("description of %s = %q, want it to mention %q", strings.Join(c.path, "."), got, c.want)
+		}
+	}
+	// The core types under spec.template are documented by `kubectl explain
+	// pod`; their descriptions are trimmed to keep the manifest small.
+	if got := fieldDescription(schema, "spec", "template", "affinity", "nodeAffinity"); got != "" {
+		t.Errorf("spec.template.affinity.nodeAffinity has a description (%q); the CRD should not carry the Pod's docs", got)
+	}
+}
+
+// fieldDescription follows properties (and a single allOf reference wrapper)
+// down path and returns the description found there, "" when absent.
+func fieldDescription(schema map[string]any, path ...string) string {
+	node := schema
+	for _, name := range path {
+		if all, ok := node["allOf"].([]any); ok && len(all) == 1 {
+			node, _ = all[0].(map[string]any)
+		}
+		props, _ := node["properties"].(map[string]any)
+		node, _ = props[name].(map[string]any)
+		if node == nil {
+			return ""
+		}
+	}
+	d, _ := node["description"].(string)
+	return d
+}

@@ -76,30 +76,48 @@ type BackendPodTemplate struct {
 	// +listType=atomic
 	Containers []corev1.Container `json:"containers"`
 
+	// InitContainers run to completion, in order, before the application
+	// starts (as in a Pod).
 	// +optional
 	// +listType=atomic
 	InitContainers []corev1.Container `json:"initContainers,omitempty"`
+	// ImagePullSecrets name Secrets in the backend's namespace used to pull
+	// its images.
 	// +optional
 	// +listType=atomic
 	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// Volumes the containers may mount (as in a Pod).
 	// +optional
 	// +listType=atomic
 	Volumes []corev1.Volume `json:"volumes,omitempty"`
+	// NodeSelector restricts the nodes the backend may run on to those with
+	// these labels.
 	// +optional
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// Tolerations let the backend run on nodes with matching taints.
 	// +optional
 	// +listType=atomic
 	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// Affinity holds the backend's node and pod (anti-)affinity rules.
 	// +optional
 	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// ServiceAccountName is the service account the backend pod runs as
+	// (the namespace's default when empty).
 	// +optional
 	ServiceAccountName string `json:"serviceAccountName,omitempty"`
+	// AutomountServiceAccountToken mounts the service account's API token
+	// into the pod. Unlike in a Pod it defaults to false: a backend serving
+	// one user's session has no business with the Kubernetes API unless it
+	// asks for it.
 	// +optional
 	AutomountServiceAccountToken *bool `json:"automountServiceAccountToken,omitempty"`
+	// SecurityContext holds pod-level security settings (as in a Pod).
 	// +optional
 	SecurityContext *corev1.PodSecurityContext `json:"securityContext,omitempty"`
+	// PriorityClassName gives the backend pod a PriorityClass.
 	// +optional
 	PriorityClassName string `json:"priorityClassName,omitempty"`
+	// RuntimeClassName selects a RuntimeClass for the pod.
 	// +optional
 	RuntimeClassName *string `json:"runtimeClassName,omitempty"`
 	// TerminationGracePeriodSeconds is how long the application gets between
@@ -111,8 +129,10 @@ type BackendPodTemplate struct {
 
 // PodMetadata is the part of the pod's metadata a backend may add to.
 type PodMetadata struct {
+	// Labels are added to the pod's; spawner's own labels win on a clash.
 	// +optional
 	Labels map[string]string `json:"labels,omitempty"`
+	// Annotations are added to the pod's.
 	// +optional
 	Annotations map[string]string `json:"annotations,omitempty"`
 }
@@ -124,6 +144,8 @@ type BackendPhase string
 
 // SessionLivedBackendStatus is what spawner observed about the backend.
 type SessionLivedBackendStatus struct {
+	// Phase summarises the conditions in one word: Pending, Scheduled,
+	// Running, Ready, Swept, Terminating or Failed.
 	// +optional
 	Phase BackendPhase `json:"phase,omitempty"`
 
@@ -134,8 +156,10 @@ type SessionLivedBackendStatus struct {
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 
+	// NodeName is the node the backend's pod was scheduled to.
 	// +optional
 	NodeName string `json:"nodeName,omitempty"`
+	// PodIP is the backend pod's IP address.
 	// +optional
 	PodIP string `json:"podIP,omitempty"`
 	// URL is where browsers reach the backend, without its access token.

@@ -32,18 +32,36 @@ type BackendPodTemplateApplyConfiguration struct {
 	// Metadata holds extra labels and annotations for the pod.
 	Metadata *PodMetadataApplyConfiguration `json:"metadata,omitempty"`
 	// Containers run in the backend pod; the first one is the application.
-	Containers                   []corev1.Container            `json:"containers,omitempty"`
-	InitContainers               []corev1.Container            `json:"initContainers,omitempty"`
-	ImagePullSecrets             []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
-	Volumes                      []corev1.Volume               `json:"volumes,omitempty"`
-	NodeSelector                 map[string]string             `json:"nodeSelector,omitempty"`
-	Tolerations                  []corev1.Toleration           `json:"tolerations,omitempty"`
-	Affinity                     *corev1.Affinity              `json:"affinity,omitempty"`
-	ServiceAccountName           *string                       `json:"serviceAccountName,omitempty"`
-	AutomountServiceAccountToken *bool                         `json:"automountServiceAccountToken,omitempty"`
-	SecurityContext              *corev1.PodSecurityContext    `json:"securityContext,omitempty"`
-	PriorityClassName            *string                       `json:"priorityClassName,omitempty"`
-	RuntimeClassName             *string                       `json:"runtimeClassName,omitempty"`
+	Containers []corev1.Container `json:"containers,omitempty"`
+	// InitContainers run to completion, in order, before the application
+	// starts (as in a Pod).
+	InitContainers []corev1.Container `json:"initContainers,omitempty"`
+	// ImagePullSecrets name Secrets in the backend's namespace used to pull
+	// its images.
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// Volumes the containers may mount (as in a Pod).
+	Volumes []corev1.Volume `json:"volumes,omitempty"`
+	// NodeSelector restricts the nodes the backend may run on to those with
+	// these labels.
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// Tolerations let the backend run on nodes with matching taints.
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// Affinity holds the backend's node and pod (anti-)affinity rules.
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// ServiceAccountName is the service account the backend pod runs as
+	// (the namespace's default when empty).
+	ServiceAccountName *string `json:"serviceAccountName,omitempty"`
+	// AutomountServiceAccountToken mounts the service account's API token
+	// into the pod. Unlike in a Pod it defaults to false: a backend serving
+	// one user's session has no business with the Kubernetes API unless it
+	// asks for it.
+	AutomountServiceAccountToken *bool `json:"automountServiceAccountToken,omitempty"`
+	// SecurityContext holds pod-level security settings (as in a Pod).
+	SecurityContext *corev1.PodSecurityContext `json:"securityContext,omitempty"`
+	// PriorityClassName gives the backend pod a PriorityClass.
+	PriorityClassName *string `json:"priorityClassName,omitempty"`
+	// RuntimeClassName selects a RuntimeClass for the pod.
+	RuntimeClassName *string `json:"runtimeClassName,omitempty"`
 	// TerminationGracePeriodSeconds is how long the application gets between
 	// SIGTERM and SIGKILL when its backend is terminated.
 	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds,omitempty"`

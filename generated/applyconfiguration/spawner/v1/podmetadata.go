@@ -23,7 +23,9 @@ package v1
 //
 // PodMetadata is the part of the pod's metadata a backend may add to.
 type PodMetadataApplyConfiguration struct {
-	Labels      map[string]string `json:"labels,omitempty"`
+	// Labels are added to the pod's; spawner's own labels win on a clash.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Annotations are added to the pod's.
 	Annotations map[string]string `json:"annotations,omitempty"`
 }
 

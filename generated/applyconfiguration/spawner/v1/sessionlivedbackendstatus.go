@@ -29,12 +29,16 @@ import (
 //
 // SessionLivedBackendStatus is what spawner observed about the backend.
 type SessionLivedBackendStatusApplyConfiguration struct {
+	// Phase summarises the conditions in one word: Pending, Scheduled,
+	// Running, Ready, Swept, Terminating or Failed.
 	Phase *spawnerv1.BackendPhase `json:"phase,omitempty"`
 	// Conditions record each milestone (PodCreated, Scheduled, Running, Ready,
 	// Swept, Terminating, Failed) with the time and reason it was reached.
 	Conditions []metav1.ConditionApplyConfiguration `json:"conditions,omitempty"`
-	NodeName   *string                              `json:"nodeName,omitempty"`
-	PodIP      *string                              `json:"podIP,omitempty"`
+	// NodeName is the node the backend's pod was scheduled to.
+	NodeName *string `json:"nodeName,omitempty"`
+	// PodIP is the backend pod's IP address.
+	PodIP *string `json:"podIP,omitempty"`
 	// URL is where browsers reach the backend, without its access token.
 	URL *string `json:"url,omitempty"`
 	// Reason is a CamelCase word saying why the backend failed or ended.
