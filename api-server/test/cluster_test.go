@@ -37,18 +37,6 @@ import (
 	"spawner.dev/generated/clientset/versioned"
 )
 
-var (
-	demoImage    = envOr("SPAWNER_TEST_DEMO_IMAGE", "localhost/spawner-demo:dev")
-	sidecarImage = envOr("SPAWNER_TEST_SIDECAR_IMAGE", "localhost/spawner-sidecar:dev")
-)
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
 const controlToken = "cluster-test-token"
 
 type replica struct {
@@ -86,7 +74,7 @@ func setup(t *testing.T) *env {
 	kc := "--kubeconfig=" + os.Getenv("KUBECONFIG")
 
 	clustertest.Start(t, clustertest.Binary(t, "controller"), kc, "--namespace="+e.ns, "--leader-elect=false",
-		"--sidecar-image="+sidecarImage, "--sidecar-image-pull-policy=IfNotPresent", "--http-address="+freeAddr(t),
+		"--sidecar-image="+clustertest.SidecarImage, "--sidecar-image-pull-policy=IfNotPresent", "--http-address="+freeAddr(t),
 		"--startup-timeout=2m")
 	clustertest.Start(t, clustertest.Binary(t, "sweeper"), kc, "--node-name="+e.node, "--namespace="+e.ns, "--listen="+freeAddr(t))
 
@@ -134,11 +122,11 @@ func (e *env) pickNode() string {
 		for _, c := range n.Status.Conditions {
 			ready = ready || (c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue)
 		}
-		if ready && have[demoImage] && have[sidecarImage] {
+		if ready && have[clustertest.DemoImage] && have[clustertest.SidecarImage] {
 			return n.Name
 		}
 	}
-	e.t.Fatalf("no Ready node has %s and %s: run scripts/build-images.sh", demoImage, sidecarImage)
+	e.t.Fatalf("no Ready node has %s and %s: run scripts/build-images.sh", clustertest.DemoImage, clustertest.SidecarImage)
 	return ""
 }
 
@@ -181,7 +169,7 @@ func (e *env) spawn(base, body string) (int, spawnResp) {
 }
 
 func demoBody(extra string) string {
-	return `{"image":"` + demoImage + `","gracePeriodSeconds":60` + extra + `}`
+	return `{"image":"` + clustertest.DemoImage + `","gracePeriodSeconds":60` + extra + `}`
 }
 
 // waitReady polls /ready on a replica until it redirects, and returns the Location.

@@ -61,6 +61,21 @@ func RepoRoot(t testing.TB) string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
+// Images scripts/build-images.sh loads into the cluster, for tests that start
+// backends; SPAWNER_TEST_DEMO_IMAGE and SPAWNER_TEST_SIDECAR_IMAGE override
+// them (on kind, for images pushed elsewhere).
+var (
+	DemoImage    = envOr("SPAWNER_TEST_DEMO_IMAGE", "localhost/spawner-demo:dev")
+	SidecarImage = envOr("SPAWNER_TEST_SIDECAR_IMAGE", "localhost/spawner-sidecar:dev")
+)
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // EnsureCRD server-side applies the generated CRD from deploy/crd and waits

@@ -22,6 +22,7 @@ import (
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/clustertest"
 	"spawner.dev/generated/clientset/versioned"
 )
 
@@ -172,7 +173,7 @@ func benchSlab(ns, name string) *spawnerv1.SessionLivedBackend {
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: spawnerv1.SessionLivedBackendSpec{
 			Template: spawnerv1.BackendPodTemplate{
-				Containers:   []corev1.Container{{Name: "app", Image: demoImage}},
+				Containers:   []corev1.Container{{Name: "app", Image: clustertest.DemoImage}},
 				NodeSelector: map[string]string{"spawner.dev/bench-no-such-node": "true"},
 			},
 		},

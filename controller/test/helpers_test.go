@@ -32,19 +32,6 @@ import (
 	"spawner.dev/generated/clientset/versioned"
 )
 
-// Images loaded into the cluster by scripts/build-images.sh.
-var (
-	demoImage    = envOr("SPAWNER_TEST_DEMO_IMAGE", "localhost/spawner-demo:dev")
-	sidecarImage = envOr("SPAWNER_TEST_SIDECAR_IMAGE", "localhost/spawner-sidecar:dev")
-)
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
 type env struct {
 	t        *testing.T
 	cfg      *rest.Config
@@ -60,7 +47,7 @@ func setup(t *testing.T) *env {
 	cfg := clustertest.Config(t)
 	clustertest.EnsureCRD(t, cfg)
 	e := &env{t: t, cfg: cfg, kube: kubernetes.NewForConfigOrDie(cfg), sp: versioned.NewForConfigOrDie(cfg)}
-	requireImages(t, e.kube, demoImage, sidecarImage)
+	requireImages(t, e.kube, clustertest.DemoImage, clustertest.SidecarImage)
 	e.ns = clustertest.Namespace(t, cfg)
 	return e
 }
@@ -121,7 +108,7 @@ func (e *env) startController(args ...string) *clustertest.Process {
 		"--kubeconfig=" + os.Getenv("KUBECONFIG"),
 		"--namespace=" + e.ns,
 		"--leader-elect=false",
-		"--sidecar-image=" + sidecarImage,
+		"--sidecar-image=" + clustertest.SidecarImage,
 		"--sidecar-image-pull-policy=IfNotPresent",
 		"--http-address=" + e.httpAddr,
 		"--failed-retention=10m",
@@ -140,7 +127,7 @@ func (e *env) newSlab(name string, mutate func(*spawnerv1.SessionLivedBackend)) 
 		Spec: spawnerv1.SessionLivedBackendSpec{
 			HTTPPort: 8080,
 			Template: spawnerv1.BackendPodTemplate{
-				Containers:                    []corev1.Container{{Name: "app", Image: demoImage, ImagePullPolicy: corev1.PullIfNotPresent}},
+				Containers:                    []corev1.Container{{Name: "app", Image: clustertest.DemoImage, ImagePullPolicy: corev1.PullIfNotPresent}},
 				TerminationGracePeriodSeconds: &grace,
 			},
 		},

@@ -33,18 +33,6 @@ import (
 	"spawner.dev/generated/clientset/versioned"
 )
 
-var (
-	demoImage    = envOr("SPAWNER_TEST_DEMO_IMAGE", "localhost/spawner-demo:dev")
-	sidecarImage = envOr("SPAWNER_TEST_SIDECAR_IMAGE", "localhost/spawner-sidecar:dev")
-)
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
 type env struct {
 	t           *testing.T
 	cfg         *rest.Config
@@ -77,7 +65,7 @@ func setup(t *testing.T) *env {
 		"--kubeconfig="+os.Getenv("KUBECONFIG"),
 		"--namespace="+e.ns,
 		"--leader-elect=false",
-		"--sidecar-image="+sidecarImage,
+		"--sidecar-image="+clustertest.SidecarImage,
 		"--sidecar-image-pull-policy=IfNotPresent",
 		"--http-address=",
 		"--startup-timeout=2m",
@@ -103,7 +91,7 @@ func (e *env) pickNode() string {
 		for _, c := range n.Status.Conditions {
 			ready = ready || c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue
 		}
-		if ready && have[demoImage] && have[sidecarImage] {
+		if ready && have[clustertest.DemoImage] && have[clustertest.SidecarImage] {
 			return n.Name
 		}
 		if ready && fallback == "" {
@@ -114,7 +102,7 @@ func (e *env) pickNode() string {
 		e.t.Fatal("no Ready node")
 	}
 	// The node's image list is refreshed only every few seconds after a load.
-	e.t.Logf("node %s does not list %s and %s (yet?); if pods fail to start, run scripts/build-images.sh", fallback, demoImage, sidecarImage)
+	e.t.Logf("node %s does not list %s and %s (yet?); if pods fail to start, run scripts/build-images.sh", fallback, clustertest.DemoImage, clustertest.SidecarImage)
 	return fallback
 }
 
@@ -181,7 +169,7 @@ func (e *env) newSlab(name string, grace int64, env ...corev1.EnvVar) {
 			HTTPPort:           8080,
 			GracePeriodSeconds: &grace,
 			Template: spawnerv1.BackendPodTemplate{
-				Containers: []corev1.Container{{Name: "app", Image: demoImage,
+				Containers: []corev1.Container{{Name: "app", Image: clustertest.DemoImage,
 					ImagePullPolicy: corev1.PullIfNotPresent, Env: env}},
 				NodeSelector:                  map[string]string{"kubernetes.io/hostname": e.node},
 				TerminationGracePeriodSeconds: &term,
