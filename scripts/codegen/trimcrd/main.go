@@ -1,14 +1,14 @@
-// Command trimcrd keeps a CRD manifest under the size client-side
+// Command trimcrd keeps a CRD manifest well under the size client-side
 // `kubectl apply` can handle while keeping the descriptions users read with
 // `kubectl explain`.
 //
 // A SessionLivedBackend embeds core types (Container, Volume, Affinity,
-// Toleration...) under spec.template. Described in full they push the
-// manifest past the 256 KiB that `kubectl apply` stores in its
-// last-applied-configuration annotation, and their documentation is the
-// Pod's, one `kubectl explain pod.spec` away. trimcrd removes every
-// description below the fields of spec.template, and keeps the rest: spawner's
-// own fields, template's direct fields, the status.
+// Toleration...) under spec.template. Described in full they bring the
+// last-applied-configuration annotation `kubectl apply` writes to within 10%
+// of its 256 KiB limit, and their documentation is the Pod's, one
+// `kubectl explain pod.spec` away. trimcrd removes every description below
+// the fields of spec.template, and keeps the rest: spawner's own fields,
+// template's direct fields, the status.
 //
 // Usage: trimcrd FILE (rewritten in place).
 package main
