@@ -264,12 +264,17 @@ func TestSpawnRouteTerminate(t *testing.T) {
 	if loc != sr.URL {
 		t.Fatalf("ready redirect %q, spawn url %q", loc, sr.URL)
 	}
-	st := struct{ State, Time, Reason string }{}
-	_, body, _ := e.call(e.a.control, "GET", "/backend/"+sr.Name+"/status", "")
-	json.Unmarshal([]byte(body), &st)
-	if st.State != "Ready" || st.Time == "" {
-		t.Fatalf("status %s", body)
-	}
+	// Replica a reads its own informer cache, which may learn of the Ready that
+	// replica b has just served a few milliseconds later.
+	clustertest.Eventually(t, 5*time.Second, "Ready in replica a's status", func() (bool, error) {
+		st := struct{ State, Time, Reason string }{}
+		_, body, _ := e.call(e.a.control, "GET", "/backend/"+sr.Name+"/status", "")
+		json.Unmarshal([]byte(body), &st)
+		if st.State != "Ready" || st.Time == "" {
+			return false, fmt.Errorf("status %s", body)
+		}
+		return true, nil
+	})
 
 	// HTTP through router b: token exchanged for a cookie, prefix stripped.
 	jar, _ := cookiejar.New(nil)
@@ -330,7 +335,7 @@ func TestSpawnRouteTerminate(t *testing.T) {
 	ws.Close()
 
 	// Terminate (soft) on replica b: the controller ends it; both routers 404.
-	code, body, _ = e.call(e.b.control, "POST", "/backend/"+sr.Name+"/terminate", "")
+	code, body, _ := e.call(e.b.control, "POST", "/backend/"+sr.Name+"/terminate", "")
 	if code != 202 {
 		t.Fatalf("terminate %d %s", code, body)
 	}
