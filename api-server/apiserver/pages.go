@@ -46,6 +46,11 @@ main{text-align:center}.s{color:#888;font-size:.9em}</style></head><body><main>{
 })();
 </script></main></body></html>{{end}}
 
+{{define "unavailable-router"}}{{template "head" .}}
+<h1>This backend is not available</h1>
+<p class="s">It has ended, or the link is wrong. Ask the app that sent you here for a new one.</p>
+</main></body></html>{{end}}
+
 {{define "ended"}}{{template "head" .}}
 <h1>This backend has ended</h1>
 <p class="s">{{.Status.State}}{{if .Status.Reason}} ({{.Status.Reason}}){{end}}{{if .Status.Message}}: {{.Status.Message}}{{end}}</p>
@@ -56,6 +61,9 @@ const (
 	awaitingRouterPage  = "awaiting-router"
 	awaitingControlPage = "awaiting-control"
 	endedPage           = "ended"
+	// unavailableRouterPage says nothing of the backend's state: the router
+	// answers with it before any token is checked.
+	unavailableRouterPage = "unavailable-router"
 )
 
 func writePage(w http.ResponseWriter, status int, page, name string, st StatusResponse) {

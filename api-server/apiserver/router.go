@@ -261,6 +261,17 @@ func (s *Server) awaitRoutable(r *http.Request, name string) (*spawnerv1.Session
 // not seen: long enough for another replica's create to arrive by watch.
 const unknownBackendWait = 2 * time.Second
 
+// backendUnavailable answers for a backend that does not exist or has ended:
+// a page for a browser (typically a tab left open, reloaded), JSON otherwise.
+func (s *Server) backendUnavailable(w http.ResponseWriter, r *http.Request) {
+	s.metrics.routeNotFound.Inc()
+	if acceptsHTML(r) {
+		writePage(w, http.StatusNotFound, unavailableRouterPage, r.PathValue("name"), StatusResponse{})
+		return
+	}
+	writeError(w, http.StatusNotFound, "no such backend")
+}
+
 // route authorizes and proxies one request to /p/{name}/...
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
@@ -270,8 +281,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		slab, upstream = s.awaitRoutable(r, name)
 	}
 	if slab == nil || !live(slab) {
-		s.metrics.routeNotFound.Inc()
-		writeError(w, http.StatusNotFound, "no such backend")
+		s.backendUnavailable(w, r)
 		return
 	}
 	tok, rest, fromQuery := queryToken(r.URL.RawQuery)
@@ -303,8 +313,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		// Authorized but still starting: hold the request a while (only now,
 		// so a request without the token is refused at once).
 		if slab, upstream = s.awaitRoutable(r, name); slab == nil || !live(slab) {
-			s.metrics.routeNotFound.Inc()
-			writeError(w, http.StatusNotFound, "no such backend")
+			s.backendUnavailable(w, r)
 			return
 		}
 	}

@@ -178,8 +178,17 @@ func TestRouterNotReadyAndEnded(t *testing.T) {
 		t.Fatal(resp.StatusCode)
 	}
 	e.updatePhase("slab-n", lifecycle.Swept)
-	if resp := get(t, url, nil); resp.StatusCode != 404 {
-		t.Fatal(resp.StatusCode)
+	if resp := get(t, url, nil); resp.StatusCode != 404 || resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatal(resp.StatusCode, resp.Header)
+	}
+	// A browser reloading a tab of an ended or unknown backend gets a page
+	// that says so, and nothing of the backend's state.
+	for _, u := range []string{url, e.router.URL + "/p/slab-never/"} {
+		resp := get(t, u, map[string]string{"Accept": "text/html,*/*"})
+		body := readBody(t, resp)
+		if resp.StatusCode != 404 || !strings.Contains(body, "not available") || strings.Contains(body, "Swept") {
+			t.Fatalf("%s: %d %s", u, resp.StatusCode, body)
+		}
 	}
 	if app.hits.Load() != 1 {
 		t.Fatalf("backend saw %d requests", app.hits.Load())
