@@ -107,17 +107,26 @@ func TestBackendLifecycle(t *testing.T) {
 		t.Fatalf("status stream showed %s, want Pending … Ready", got)
 	}
 
-	// The ready URL sends a browser on to the backend.
-	req, _ := http.NewRequest("GET", backend.ReadyURL, nil)
-	req.Header.Set("Authorization", "Bearer "+e.Token)
-	resp, err := e.HTTP.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != backend.URL {
-		t.Errorf("ready URL answered %d → %q, want 302 → %s", resp.StatusCode, resp.Header.Get("Location"), backend.URL)
-	}
+	// The ready URL sends a browser on to the backend. The replica behind
+	// the Service may not be the one whose stream said Ready, and its cache
+	// can be milliseconds behind: like a client honouring Retry-After, ask
+	// again after a 409.
+	clustertest.Eventually(t, 5*time.Second, "302 from the ready URL", func() (bool, error) {
+		req, _ := http.NewRequest("GET", backend.ReadyURL, nil)
+		req.Header.Set("Authorization", "Bearer "+e.Token)
+		resp, err := e.HTTP.Do(req)
+		if err != nil {
+			return false, err
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusConflict {
+			return false, fmt.Errorf("409 (still starting, says this replica)")
+		}
+		if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != backend.URL {
+			t.Fatalf("ready URL answered %d → %q, want 302 → %s", resp.StatusCode, resp.Header.Get("Location"), backend.URL)
+		}
+		return true, nil
+	})
 
 	alice, bob := dialRoom(t, backend.URL), dialRoom(t, backend.URL)
 	waitForMembers(t, backend.URL, 2)
