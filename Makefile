@@ -61,7 +61,8 @@ test-cluster: ## the local-cluster test, then every -tags cluster suite against 
 	$(MAKE) --no-print-directory e2e
 
 .PHONY: e2e
-e2e: ## deploy spawner from deploy/local, then run the end-to-end suite against the cluster KUBECONFIG points at
+e2e: ## deploy spawner from deploy/local, then run the end-to-end suite (a browser test included) against the cluster KUBECONFIG points at
+	scripts/ensure-browser.sh
 	scripts/deploy.sh
 	go test -count=1 -tags cluster -timeout 30m ./e2e/lifecycle/...
 

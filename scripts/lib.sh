@@ -150,10 +150,7 @@ EOF
 # ---------------------------------------------------------------------------- node packages
 # ensure_packages installs the Debian packages the node runtime needs, only if something is missing.
 ensure_packages() {
-	local missing=() pkg check
-	while read -r pkg check; do
-		[ -e "$check" ] || command -v "$check" >/dev/null 2>&1 || missing+=("$pkg")
-	done <<'EOF'
+	install_missing_packages <<'EOF'
 containerd containerd
 runc runc
 containernetworking-plugins /usr/lib/cni/ptp
@@ -167,8 +164,18 @@ iproute2 ip
 iproute2 ss
 procps pgrep
 EOF
+}
+
+# install_missing_packages reads "<package> <file or command it provides>" lines on stdin and
+# apt-installs the packages whose file or command is missing.
+install_missing_packages() {
+	local missing=() pkg check
+	while read -r pkg check; do
+		[ -e "$check" ] || command -v "$check" >/dev/null 2>&1 || missing+=("$pkg")
+	done
 	[ ${#missing[@]} = 0 ] && return 0
 	command -v apt-get >/dev/null 2>&1 || die "missing packages (${missing[*]}) and no apt-get to install them; install them by hand."
+	[ "$(id -u)" = 0 ] || die "missing packages (${missing[*]}); installing them needs root: sudo apt-get install ${missing[*]}"
 	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 	mkdir -p "$LOGS"
 	echo "==> installing Debian packages: ${missing[*]} (log: $LOGS/apt.log)"
