@@ -25,26 +25,25 @@ import (
 
 // ControlHandler is the control API: spawn, status, ready, terminate, list.
 func (s *Server) ControlHandler() http.Handler {
-	mux := http.NewServeMux()
-	s.commonRoutes(mux)
-	mux.Handle("POST /spawn", s.authed(s.handleSpawn, false))
-	mux.Handle("GET /backends", s.authed(s.handleList, false))
-	mux.Handle("GET /backend/{name}/status", s.authed(s.handleStatus, true))
-	mux.Handle("GET /backend/{name}/status/stream", s.authed(s.handleStream, true))
-	mux.Handle("GET /backend/{name}/ready", s.authed(s.handleReady, true))
-	mux.Handle("POST /backend/{name}/terminate", s.authed(s.handleTerminate, false))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
-	return s.instrument("control", mux)
+	rt := newRoutes()
+	s.commonRoutes(rt)
+	rt.handle("POST /spawn", s.authed(s.handleSpawn, false))
+	rt.handle("GET /backends", s.authed(s.handleList, false))
+	rt.handle("GET /backend/{name}/status", s.authed(s.handleStatus, true))
+	rt.handle("GET /backend/{name}/status/stream", s.authed(s.handleStream, true))
+	rt.handle("GET /backend/{name}/ready", s.authed(s.handleReady, true))
+	rt.handle("POST /backend/{name}/terminate", s.authed(s.handleTerminate, false))
+	return s.instrument("control", rt.handler(func(r *http.Request) string {
+		return "no such endpoint: " + r.Method + " " + r.URL.Path
+	}))
 }
 
-func (s *Server) commonRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) commonRoutes(rt *routes) {
+	rt.handleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	rt.handleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		select {
 		case <-s.shuttingDown:
@@ -60,7 +59,7 @@ func (s *Server) commonRoutes(mux *http.ServeMux) {
 		}
 		io.WriteString(w, "ok\n")
 	})
-	mux.Handle("GET /metrics", s.metrics.reg)
+	rt.handle("GET /metrics", s.metrics.reg)
 }
 
 // writeJSON answers with a JSON body.

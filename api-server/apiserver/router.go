@@ -107,13 +107,10 @@ func newRouterProxy(s *Server) *routerProxy {
 
 // RouterHandler is the public router: /p/<name>/... to the backend's sidecar.
 func (s *Server) RouterHandler() http.Handler {
-	mux := http.NewServeMux()
-	s.commonRoutes(mux)
-	mux.HandleFunc("/p/{name}/", s.route)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not found")
-	})
-	return s.instrument("router", mux)
+	rt := newRoutes()
+	s.commonRoutes(rt)
+	rt.handleFunc("/p/{name}/", s.route)
+	return s.instrument("router", rt.handler(func(*http.Request) string { return "not found" }))
 }
 
 // queryToken finds spawner_token in a raw query and returns the query without it.

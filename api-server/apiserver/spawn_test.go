@@ -224,6 +224,39 @@ func TestControlAuth(t *testing.T) {
 	}
 }
 
+// TestUnroutedRequests: a known path with the wrong method is 405 with
+// Allow, anything else 404, both JSON, on the control API and the router.
+func TestUnroutedRequests(t *testing.T) {
+	e := newTestEnv(t, "")
+	for _, c := range []struct {
+		base, method, path string
+		want               int
+		allow              string
+	}{
+		{e.control.URL, "GET", "/spawn", 405, "POST"},
+		{e.control.URL, "DELETE", "/backend/slab-x/status", 405, "GET, HEAD"},
+		{e.control.URL, "PUT", "/backend/slab-x/terminate", 405, "POST"},
+		{e.control.URL, "POST", "/healthz", 405, "GET, HEAD"},
+		{e.control.URL, "GET", "/nope", 404, ""},
+		{e.control.URL, "GET", "/backend/slab-x/nope", 404, ""},
+		{e.router.URL, "POST", "/metrics", 405, "GET, HEAD"},
+		{e.router.URL, "GET", "/spawn", 404, ""},
+	} {
+		req, _ := http.NewRequest(c.method, c.base+c.path, nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readBody(t, resp)
+		if resp.StatusCode != c.want || resp.Header.Get("Allow") != c.allow ||
+			resp.Header.Get("Content-Type") != "application/json" || !strings.Contains(body, `"error"`) {
+			t.Errorf("%s %s: %d Allow %q %s, want %d Allow %q with a JSON error",
+				c.method, c.path, resp.StatusCode, resp.Header.Get("Allow"), body, c.want, c.allow)
+		}
+	}
+}
+
 // FuzzSpawnBody: no body makes the decoder or validator panic or answer 5xx,
 // and every accepted body yields a spec the CRD rules accept.
 func FuzzSpawnBody(f *testing.F) {
