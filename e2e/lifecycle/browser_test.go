@@ -122,6 +122,8 @@ func TestBrowserSession(t *testing.T) {
 	)
 	run(t, first, 90*time.Second, "the waiting page turning into the demo room",
 		waitFor(`document.title === "spawner demo room"`),
+	)
+	run(t, first, 20*time.Second, "the demo room's WebSocket connecting",
 		waitFor(`document.getElementById("state").textContent === "connected"`),
 	)
 	landed, err := chromedp.Run(first, chromedp.Location())
