@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -420,6 +421,61 @@ func TestWebSocketLargeMessage(t *testing.T) {
 	}
 	if got := s.metric(t, `sidecar_websocket_messages_total{direction="from_app"}`); got != "1" {
 		t.Errorf("messages from app = %s", got)
+	}
+}
+
+// TestWebSocketCompressedPassesAndCounts: with permessage-deflate, as
+// browsers offer it, frames carry RSV1 and compressed payloads; the reader
+// still counts every message and the bytes arrive unchanged.
+func TestWebSocketCompressedPassesAndCounts(t *testing.T) {
+	compressing := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }, EnableCompression: true}
+	s := newStack(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := compressing.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			typ, msg, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if c.WriteMessage(typ, msg) != nil {
+				return
+			}
+		}
+	}))
+	dialer := websocket.Dialer{EnableCompression: true}
+	c, resp, err := dialer.Dial(s.wsURL("/ws"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
+		t.Fatalf("compression not negotiated through the proxy: %q", ext)
+	}
+	text := bytes.Repeat([]byte("compressible text "), 4096) // 72 KiB, deflates to little
+	for i := 0; i < 5; i++ {
+		if err := c.WriteMessage(websocket.TextMessage, text); err != nil {
+			t.Fatal(err)
+		}
+		if _, got, err := c.ReadMessage(); err != nil || !bytes.Equal(got, text) {
+			t.Fatalf("compressed echo %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+	for series, want := range map[string]string{
+		`sidecar_websocket_messages_total{direction="to_app"}`:   "5",
+		`sidecar_websocket_messages_total{direction="from_app"}`: "5",
+		`sidecar_websocket_uninterpreted_total`:                  "0",
+	} {
+		if got := s.metric(t, series); got != want {
+			t.Errorf("%s = %s, want %s", series, got, want)
+		}
+	}
+	// Compressed on the wire: far fewer bytes than the 360 KiB sent.
+	sent, _ := strconv.Atoi(s.metric(t, `sidecar_bytes_total{direction="to_app"}`))
+	if sent == 0 || sent > len(text) {
+		t.Errorf("%d bytes to the app for 5 × %d bytes of text: not compressed, or not counted", sent, len(text))
 	}
 }
 
