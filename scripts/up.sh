@@ -34,9 +34,20 @@ field() { printf '%s' "$resp" | sed -n "s/.*\"$1\" *: *\"\\([^\"]*\\)\".*/\\1/p"
 url=$(field url)
 name=$(field name)
 [ -n "$url" ] || die "POST $CONTROL/spawn did not return a url; response: $resp"
-# grep stops reading at the first Ready, which ends curl with a write error: only grep's answer counts.
-{ curl -sSN -m 120 -H "Authorization: Bearer $TOKEN" "$CONTROL/backend/$name/status/stream" 2>/dev/null || true; } |
-	grep -q '"state":"Ready"' || die "demo backend $name did not become Ready (kubectl -n spawner-backends describe slab $name)"
+# Poll the ready endpoint (302 once Ready, 409 while starting, 410 once ended). Following the status
+# stream through a pipe to grep kept the script waiting up to 15 s after Ready: curl only sees that
+# grep has gone when the next keep-alive comes.
+deadline=$((SECONDS + 120))
+while :; do
+	code=$(curl -sS -o /dev/null -w '%{http_code}' -m 5 -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json' \
+		"$CONTROL/backend/$name/ready" 2>/dev/null) || true
+	case $code in
+	302) break ;;
+	410) die "demo backend $name ended before it was Ready (kubectl -n spawner-backends describe slab $name)" ;;
+	esac
+	[ $SECONDS -lt $deadline ] || die "demo backend $name did not become Ready within 120 s, last answer $code (kubectl -n spawner-backends describe slab $name)"
+	sleep 0.2
+done
 log "demo backend $name is Ready"
 cat <<EOT
 
