@@ -61,6 +61,36 @@ patches:
                 env: [{name: SPAWNER_PUBLIC_BASE_URL, value: "$public_url"}]
 YAML
 
+# deploy/ ships no Secret (docs/production.md, "Secrets"): on a development cluster, create
+# spawner-api-tokens with random values once and keep it, so that re-deploys keep the token
+# and every URL already handed out. A Secret left by an older deploy with the values that used
+# to be committed (or too short) is replaced: the api-server refuses those. The two hashes are
+# the ones api-server/apiserver/tokens.go (committedSecrets) refuses.
+committed_hashes="ffe112c9142d4eeef3018e35015c016069495bcde0db05017e59c92079278f3a d41c6d0aa0819f158ed056d5d234cdda81dedf71452bf2309ab74c1634fa3c1b"
+secret_ok() {
+	local v h
+	for field in token access-token-key; do
+		v=$(k -n "$NS" get secret spawner-api-tokens -o "jsonpath={.data.$field}" 2>/dev/null | base64 -d | head -n1) || return 1
+		[ "${#v}" -ge 32 ] || return 1
+		h=$(printf %s "$v" | sha256sum | cut -d' ' -f1)
+		case " $committed_hashes " in *" $h "*) return 1 ;; esac
+	done
+}
+k create namespace "$NS" --dry-run=client -o yaml | k apply -f - >/dev/null
+secret_created=
+if ! secret_ok; then
+	if k -n "$NS" get secret spawner-api-tokens >/dev/null 2>&1; then
+		log "replacing Secret $NS/spawner-api-tokens: its values are too short or were published in the repository"
+	else
+		log "creating Secret $NS/spawner-api-tokens with random values (kept across re-deploys)"
+	fi
+	k -n "$NS" create secret generic spawner-api-tokens \
+		--from-literal=token="$(openssl rand -base64 32)" \
+		--from-literal=access-token-key="$(openssl rand -base64 32)" \
+		--dry-run=client -o yaml | k apply -f - >/dev/null || die "cannot create Secret $NS/spawner-api-tokens"
+	secret_created=1
+fi
+
 log "applying deploy/local (public URL $public_url)"
 # The CRD first, so the components' informers find it when they start.
 k apply -k "$SPAWNER_ROOT/deploy/crd" >/dev/null
@@ -73,8 +103,13 @@ done
 k wait --for=condition=Established crd/sessionlivedbackends.spawner.dev --timeout=5s >/dev/null ||
 	die "the SessionLivedBackend CRD did not become Established within a minute (kubectl describe crd sessionlivedbackends.spawner.dev)"
 k apply -k "$overlay" >/dev/null || die "kubectl apply -k deploy/local failed"
+# The api-server reads the access-token key once, at start: a new Secret needs new pods.
+if [ -n "$secret_created" ] && k -n "$NS" get pods -l app.kubernetes.io/name=spawner-api -o name 2>/dev/null | grep -q .; then
+	k -n "$NS" rollout restart deployment/spawner-api >/dev/null
+fi
 for w in deployment/spawner-controller daemonset/spawner-sweeper deployment/spawner-api; do
 	k -n "$NS" rollout status "$w" --timeout=180s >/dev/null ||
 		die "$w did not roll out within 180s (kubectl -n $NS describe $w; kubectl -n $NS logs $w)"
 done
 log "spawner is deployed in $NS; browsers reach backends at $public_url/p/<name>/"
+log "control token: kubectl -n $NS get secret spawner-api-tokens -o jsonpath='{.data.token}' | base64 -d"

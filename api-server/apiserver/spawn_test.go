@@ -166,14 +166,15 @@ func TestBearerTokens(t *testing.T) {
 func TestCredentialsFromFiles(t *testing.T) {
 	dir := t.TempDir()
 	tf, kf := filepath.Join(dir, "tokens"), filepath.Join(dir, "key")
-	os.WriteFile(tf, []byte("tok-a\ntok-b\n"), 0o600)
-	os.WriteFile(kf, []byte("a-key-of-enough-length\n"), 0o600)
+	tokA, tokB := strings.Repeat("a", MinSecretBytes), strings.Repeat("b", MinSecretBytes+12)
+	os.WriteFile(tf, []byte(tokA+"\n"+tokB+"\n"), 0o600)
+	os.WriteFile(kf, []byte("a-key-of-enough-length-0123456789\n"), 0o600)
 	cfg := &Config{TokenFile: tf, AccessKeyFile: kf}
 	c := &credentials{cfg: cfg, log: discardLogger()}
 	if err := c.init(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if !c.tokens.valid("tok-b") || string(c.access.key) != "a-key-of-enough-length" {
+	if !c.tokens.valid(tokB) || string(c.access.key) != "a-key-of-enough-length-0123456789" {
 		t.Fatal("not loaded")
 	}
 	os.WriteFile(kf, []byte("short"), 0o600)
@@ -185,6 +186,73 @@ func TestCredentialsFromFiles(t *testing.T) {
 		t.Fatal("empty token file accepted")
 	}
 }
+
+// TestCredentialsRefused: every way the api-server refuses its credentials,
+// each with an error that says what to do and never repeats the secret.
+func TestCredentialsRefused(t *testing.T) {
+	// The values deploy/api-server/secret.yaml carried (commit 4546159),
+	// rebuilt from pieces so that a grep for them finds only the hashes.
+	oldToken := "dev-HKeG6aGYOrJJ" + "WHD9kOW-oNV1ZUvgMt1Z"
+	oldKey := "2b8196bcb9015021632748" + "1fa8ddfd0a042aa6007ed82b9ca3afc700d96e535d"
+	good := strings.Repeat("g", MinSecretBytes)
+	for _, tc := range []struct {
+		name        string
+		tokens, key *string // nil: file absent
+		want        string
+	}{
+		{"no token file", nil, &good, "does not exist"},
+		{"no tokens in the file", ptr("# none\n"), &good, "no control API token"},
+		{"short token", ptr(good + "\n" + strings.Repeat("s", MinSecretBytes-1) + "\n"), &good, "line 2"},
+		{"committed token", ptr(oldToken + "\n"), &good, "published in spawner's repository"},
+		{"no key file", &good, nil, "does not exist"},
+		{"short key", &good, ptr(strings.Repeat("k", MinSecretBytes-1)), "shorter than 32"},
+		{"committed key", &good, ptr(oldKey + "\n"), "published in spawner's repository"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := &Config{TokenFile: filepath.Join(dir, "token"), AccessKeyFile: filepath.Join(dir, "access-token-key")}
+			if tc.tokens != nil {
+				os.WriteFile(cfg.TokenFile, []byte(*tc.tokens), 0o600)
+			}
+			if tc.key != nil {
+				os.WriteFile(cfg.AccessKeyFile, []byte(*tc.key), 0o600)
+			}
+			err := (&credentials{cfg: cfg, log: discardLogger()}).init(t.Context())
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tc.want) || !strings.Contains(msg, "openssl rand") {
+				t.Errorf("error %q: want it to contain %q and the openssl recipe", msg, tc.want)
+			}
+			if strings.Contains(msg, oldToken) || strings.Contains(msg, oldKey) || strings.Contains(msg, strings.Repeat("s", MinSecretBytes-1)) {
+				t.Errorf("error %q repeats the secret", msg)
+			}
+		})
+	}
+}
+
+// TestTokenReloadKeepsStrongSet: a rotation to a weak token is refused and
+// the previous tokens stay valid.
+func TestTokenReloadKeepsStrongSet(t *testing.T) {
+	dir := t.TempDir()
+	tf := filepath.Join(dir, "token")
+	good := strings.Repeat("g", MinSecretBytes)
+	os.WriteFile(tf, []byte(good), 0o600)
+	c := &credentials{cfg: &Config{TokenFile: tf}, log: discardLogger()}
+	if err := c.loadTokens(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(tf, []byte("weak"), 0o600)
+	if err := c.loadTokens(t.Context()); err == nil {
+		t.Fatal("weak token accepted on reload")
+	}
+	if !c.tokens.valid(good) || c.tokens.valid("weak") {
+		t.Error("the reload changed the token set")
+	}
+}
+
+func ptr(s string) *string { return &s }
 
 func TestControlAuth(t *testing.T) {
 	e := newTestEnv(t, "")

@@ -38,6 +38,40 @@ const (
 
 const accessTokenContext = "spawner.dev access token v1\x00"
 
+// MinSecretBytes is the shortest control token or access-token key the
+// api-server accepts: 256 bits if the bytes are random. `openssl rand
+// -base64 32` prints 44 characters, `openssl rand -hex 32` 64.
+const MinSecretBytes = 32
+
+// committedSecrets are the SHA-256 (hex) of every control token and
+// access-token key ever committed to this repository (found with
+// `git log -p -- deploy/ | grep -E 'token|key'`): the dev Secret that
+// deploy/api-server/secret.yaml carried until spawner stopped shipping one.
+// Anyone who has read the repository knows them, so the api-server refuses
+// them. Only the hashes are kept here, so this file does not republish them.
+var committedSecrets = map[string]string{
+	"ffe112c9142d4eeef3018e35015c016069495bcde0db05017e59c92079278f3a": "the control token of the former deploy/api-server/secret.yaml",
+	"d41c6d0aa0819f158ed056d5d234cdda81dedf71452bf2309ab74c1634fa3c1b": "the access-token key of the former deploy/api-server/secret.yaml",
+}
+
+// secretFix is the sentence every credential error ends with: what to do.
+const secretFix = "create the Secret with random values, e.g. kubectl -n spawner-system create secret generic spawner-api-tokens " +
+	"--from-literal=token=\"$(openssl rand -base64 32)\" --from-literal=access-token-key=\"$(openssl rand -base64 32)\" " +
+	"(docs/production.md, \"Secrets\")"
+
+// checkSecret rejects a token or key that is short or was published in this
+// repository; what names it without repeating it (logs are not secret).
+func checkSecret(what string, v []byte) error {
+	if len(v) < MinSecretBytes {
+		return fmt.Errorf("%s is %d bytes, shorter than %d: %s", what, len(v), MinSecretBytes, secretFix)
+	}
+	sum := sha256.Sum256(v)
+	if where, ok := committedSecrets[hex.EncodeToString(sum[:])]; ok {
+		return fmt.Errorf("%s is %s, published in spawner's repository and so known to anyone: %s", what, where, secretFix)
+	}
+	return nil
+}
+
 // accessKeys derives per-backend access tokens.
 type accessKeys struct{ key []byte }
 
@@ -119,16 +153,28 @@ func (b *bearerTokens) valid(tok string) bool {
 
 // parseTokens reads one token per line; blank lines and # comments are skipped.
 func parseTokens(data []byte) [][32]byte {
+	out, _ := parseCheckedTokens("", data)
+	return out
+}
+
+// parseCheckedTokens is parseTokens that, with a non-empty source, also
+// rejects every token checkSecret rejects (naming the source and line).
+func parseCheckedTokens(source string, data []byte) ([][32]byte, error) {
 	var out [][32]byte
 	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
+	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
+		if source != "" {
+			if err := checkSecret(fmt.Sprintf("the control token on line %d of %s", n, source), []byte(line)); err != nil {
+				return nil, err
+			}
+		}
 		out = append(out, sha256.Sum256([]byte(line)))
 	}
-	return out
+	return out, nil
 }
 
 // credentials loads the bearer tokens and the access-token key from the
@@ -166,20 +212,31 @@ func (c *credentials) loadTokens(ctx context.Context) error {
 	var all [][32]byte
 	if c.cfg.TokenFile != "" {
 		data, err := os.ReadFile(c.cfg.TokenFile)
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("no control API token: --token-file %s does not exist (is the Secret spawner-api-tokens missing?): %s", c.cfg.TokenFile, secretFix)
+		}
 		if err != nil {
 			return fmt.Errorf("--token-file: %w", err)
 		}
-		all = append(all, parseTokens(data)...)
+		toks, err := parseCheckedTokens("--token-file "+c.cfg.TokenFile, data)
+		if err != nil {
+			return err
+		}
+		all = append(all, toks...)
 	}
 	if c.cfg.TokenSecret != "" {
 		data, err := c.readSecret(ctx)
 		if err != nil {
 			return err
 		}
-		all = append(all, parseTokens(data[SecretKeyTokens])...)
+		toks, err := parseCheckedTokens("key "+SecretKeyTokens+" of Secret "+c.cfg.TokenSecret, data[SecretKeyTokens])
+		if err != nil {
+			return err
+		}
+		all = append(all, toks...)
 	}
 	if len(all) == 0 {
-		return errors.New("no control API tokens: give --token-file or --token-secret with at least one token")
+		return errors.New("no control API token: give --token-file or --token-secret with at least one token; " + secretFix)
 	}
 	c.tokens.store(all)
 	return nil
@@ -194,6 +251,9 @@ func (c *credentials) init(ctx context.Context) error {
 	switch {
 	case c.cfg.AccessKeyFile != "":
 		data, err := os.ReadFile(c.cfg.AccessKeyFile)
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("no access-token key: --access-token-key-file %s does not exist (is key %s missing from the Secret?): %s", c.cfg.AccessKeyFile, SecretKeyAccessKey, secretFix)
+		}
 		if err != nil {
 			return fmt.Errorf("--access-token-key-file: %w", err)
 		}
@@ -210,8 +270,8 @@ func (c *credentials) init(ctx context.Context) error {
 		rand.Read(key)
 		c.log.Warn("no access-token key given (--access-token-key-file or key access-token-key in --token-secret): using a random one; " +
 			"other replicas and later restarts cannot re-derive the URLs of backends created now")
-	} else if len(key) < 16 {
-		return fmt.Errorf("the access-token key must be at least 16 bytes, got %d", len(key))
+	} else if err := checkSecret("the access-token key", key); err != nil {
+		return err
 	}
 	c.access = &accessKeys{key: key}
 	return nil

@@ -37,7 +37,7 @@ import (
 	"spawner.dev/generated/clientset/versioned"
 )
 
-const controlToken = "cluster-test-token"
+const controlToken = "cluster-test-control-token-0123456789"
 
 type replica struct {
 	control, router string // http://host:port
