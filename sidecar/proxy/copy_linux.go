@@ -174,12 +174,30 @@ func copyStream(dst net.Conn, src net.Conn, observe func([]byte)) error {
 
 func (cr *connReader) init(c net.Conn) {
 	cr.conn = c
+	cr.fd = -1
 	if sc, ok := c.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			cr.raw = raw
 			cr.rawRead = cr.readFD
+			raw.Control(func(fd uintptr) { cr.fd = int(fd) })
 		}
 	}
+}
+
+// peerSentOrClosed reports whether the peer has closed the connection or
+// sent bytes that nobody has read, by peeking without blocking. Only for a
+// connection no other goroutine uses (an idle pooled one): the descriptor is
+// used directly, without the poller's locks.
+func (cr *connReader) peerSentOrClosed() bool {
+	if cr.fd < 0 {
+		return false
+	}
+	if len(cr.buffered()) > 0 {
+		return true
+	}
+	var b [1]byte
+	_, errno := rawTransfer(syscall.SYS_RECVFROM, uintptr(cr.fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return errno != syscall.EAGAIN
 }
 
 // readFD is the read callback: it takes a buffer only for the read(2) itself
@@ -203,27 +221,6 @@ func (cr *connReader) readFD(fd uintptr) bool {
 		}
 	}
 	return true
-}
-
-// peerClosed reports whether the app closed (or wrote unexpectedly on) an
-// idle pooled connection, by peeking without blocking.
-func peerClosed(c net.Conn) bool {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return true
-	}
-	closed := false
-	err = rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, perr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		closed = perr != syscall.EAGAIN
-		return true
-	})
-	return closed || err != nil
 }
 
 // waitPeerClosed waits until the connection is readable and reports whether

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/subtle"
 	"errors"
 	"io"
+	"os"
 	"strconv"
 	"time"
 )
@@ -31,6 +33,10 @@ func (cc *clientConn) serveRequest(headLen int) bool {
 	}
 	cc.in.discard(headLen)
 	p := cc.p
+	if p.routerProof != nil && (h.proofs != 1 || subtle.ConstantTimeCompare(h.proof, p.routerProof) != 1) {
+		cc.refuse(errNoRouterProof) // the app is never contacted
+		return false
+	}
 	p.tracker.RequestStarted()
 	defer p.tracker.RequestFinished()
 	p.m.requests.Inc()
@@ -73,6 +79,9 @@ func (cc *clientConn) serveRequest(headLen int) bool {
 		case errors.As(err, &se) && se.status < 500:
 			cc.refuse(se) // a malformed chunked body from the client
 			return false
+		case !bodyRead && errors.Is(err, os.ErrDeadlineExceeded):
+			cc.refuse(errBodyTimeout) // the client stopped sending its body
+			return false
 		case !bodyRead && !isWriteError(err):
 			return false // the client broke off its body
 		case reused && replayable && uc.in.received == 0:
@@ -97,6 +106,12 @@ func (cc *clientConn) serveRequest(headLen int) bool {
 		return false
 	}
 	noBody := resp.noBody(headRequest)
+	if resp.otherCodings && h.http10 && !noBody {
+		// An HTTP/1.0 client knows no transfer codings (RFC 9112 §6.1), and
+		// they cannot be undone here.
+		uc.close()
+		return cc.badGateway(true, headRequest)
+	}
 	decodeChunks := resp.chunked && h.http10 && !noBody
 	closeDelimited := !noBody && !resp.chunked && resp.contentLength < 0
 	closeClient := h.wantsClose || closeDelimited || decodeChunks || p.draining.Load()
@@ -125,7 +140,12 @@ func (cc *clientConn) serveRequest(headLen int) bool {
 		uc.close()
 		return false
 	}
-	if resp.closes || closeDelimited || h.websocket {
+	// Bytes already buffered after a complete response were not asked for
+	// (a second response, a body on a HEAD, 204 or 304): reusing the
+	// connection would hand them to the next request, so it is closed, as
+	// net/http closes a connection that sends while idle. Bytes that arrive
+	// later are caught when the pool hands the connection out (see get).
+	if resp.closes || closeDelimited || h.websocket || len(uc.in.buffered()) > 0 {
 		uc.close()
 	} else {
 		p.pool.put(uc)
@@ -156,11 +176,13 @@ func (cc *clientConn) sendRequest(uc *upstreamConn, bodyRead *bool) error {
 		}
 		var n int64
 		var err error
+		cc.in.idleTimeout = cc.p.bodyIdleTimeout
 		if h.chunked {
 			n, err = copyChunked(w, &cc.in, true)
 		} else {
 			n, err = copyBody(w, &cc.in, h.contentLength)
 		}
+		cc.in.endIdleTimeout()
 		cc.p.m.toApp.bytes.Add(uint64(n))
 		if err != nil {
 			return err
@@ -180,16 +202,29 @@ var continueResponse = []byte("HTTP/1.1 100 Continue\r\n\r\n")
 func writeRequestHead(w *bufio.Writer, h *requestHead, remoteHost []byte) {
 	w.Write(h.method)
 	w.WriteByte(' ')
+	if h.authority != nil && (len(h.target) == 0 || h.target[0] == '?') {
+		w.WriteByte('/') // http://host?q in origin-form is /?q
+	}
 	w.Write(h.target)
 	w.WriteString(" HTTP/1.1\r\n")
 	if h.host == nil {
-		w.WriteString("Host: \r\n") // an HTTP/1.0 client may omit it; HTTP/1.1 needs one
+		// An HTTP/1.0 client may omit it; HTTP/1.1 needs one.
+		w.WriteString("Host: ")
+		w.Write(h.authority)
+		w.WriteString("\r\n")
 	}
 	for i := range h.fields {
 		f := &h.fields[i]
 		switch f.kind {
-		case fieldHopByHop, fieldConnection, fieldUpgrade, fieldTransferEncoding, fieldExpect, fieldForwardedFor:
+		case fieldHopByHop, fieldConnection, fieldUpgrade, fieldTransferEncoding, fieldExpect, fieldForwardedFor, fieldRouterProof:
 			continue
+		case fieldHost:
+			if h.authority != nil {
+				// An absolute-form target's authority replaces Host
+				// (RFC 9112 §3.2.2), as net/http's server makes it.
+				writeField(w, f.name, h.authority)
+				continue
+			}
 		case fieldOther, fieldDate, fieldForwardedProto:
 			if h.listsFields && listedInConnection(h.fields, f.name) {
 				continue
@@ -254,7 +289,7 @@ func writeResponseHead(w *bufio.Writer, h *responseHead, http10, closing, decode
 				continue
 			}
 		case fieldContentLength:
-			if h.chunked {
+			if h.codings {
 				continue // Transfer-Encoding wins; both must not be sent
 			}
 		default:
@@ -405,10 +440,11 @@ func copyChunked(dst *bufio.Writer, src *connReader, framing bool) (int64, error
 			}
 			return total, nil
 		}
-		if fields, ok := parseFields(line, nil); !ok || len(fields) != 1 {
+		fields, ok := parseFields(line, nil)
+		if !ok || len(fields) != 1 {
 			return total, errMalformedChunk
 		}
-		if framing {
+		if framing && !forbiddenTrailer(fields[0].name) {
 			dst.Write(line)
 			dst.WriteString("\r\n")
 		}

@@ -3,6 +3,9 @@ package proxy
 import (
 	"bytes"
 	"strconv"
+	"strings"
+
+	"spawner.dev/common/wire"
 )
 
 // Message heads are parsed in place: field names and values are slices of the
@@ -35,7 +38,13 @@ const (
 	fieldForwardedFor
 	fieldForwardedProto
 	fieldDate
+	// fieldRouterProof is the router's proof (wire.HeaderRouterProof): checked
+	// when the fence is on, never forwarded to the app.
+	fieldRouterProof
 )
+
+// routerProofName is wire.HeaderRouterProof in lower case, for classify.
+var routerProofName = strings.ToLower(wire.HeaderRouterProof)
 
 type headerField struct {
 	name, value []byte
@@ -47,6 +56,9 @@ type headerField struct {
 // authentication fields this proxy does not consume).
 func classify(name []byte) fieldKind {
 	is := func(s string) bool { return asciiEqualFold(name, s) }
+	if len(name) == len(routerProofName) && is(routerProofName) {
+		return fieldRouterProof
+	}
 	switch len(name) {
 	case 2:
 		if is("te") {
@@ -288,6 +300,8 @@ var (
 	errUnsupportedVersion   = &statusError{505, "HTTP version not supported"}
 	errUnknownExpectation   = &statusError{417, "unsupported Expect"}
 	errMalformedChunk       = &statusError{400, "malformed chunked body"}
+	errNoRouterProof        = &statusError{403, "this port only takes requests from the router"}
+	errBodyTimeout          = &statusError{408, "request body stalled"}
 )
 
 // requestHead is a parsed request head. Its slices point into the read
@@ -308,6 +322,13 @@ type requestHead struct {
 	// listsFields: Connection names fields other than close, keep-alive and
 	// upgrade, which are then hop-by-hop too.
 	listsFields bool
+	// authority is the host of an absolute-form target, which replaces the
+	// Host field (RFC 9112 §3.2.2); target then holds the path and query
+	// only. nil for an origin-form target.
+	authority []byte
+	// proof is the last router-proof field's value; proofs counts them.
+	proof  []byte
+	proofs int
 }
 
 // hasBody reports whether a request body follows the head.
@@ -331,6 +352,16 @@ func parseRequestHead(head []byte, h *requestHead) error {
 			return errMalformedRequestLine
 		}
 	}
+	h.authority = nil
+	if h.target[0] != '/' && string(h.target) != "*" {
+		// Absolute-form, which the app gets in origin-form as net/http's
+		// server and Transport make it. Authority-form (CONNECT) and other
+		// schemes are refused: the sidecar is not a forward proxy.
+		var ok bool
+		if h.authority, h.target, ok = splitAbsoluteTarget(h.target); !ok {
+			return errMalformedRequestLine
+		}
+	}
 	switch string(version) {
 	case "HTTP/1.1":
 		h.http10 = false
@@ -348,6 +379,7 @@ func parseRequestHead(head []byte, h *requestHead) error {
 	}
 	h.host, h.contentLength, h.chunked = nil, -1, false
 	h.expectContinue, h.websocket, h.forwardedProto, h.listsFields = false, false, false, false
+	h.proof, h.proofs = nil, 0
 	hosts := 0
 	var connection, upgrade bool
 	keepAlive, closeRequested := false, false
@@ -392,6 +424,9 @@ func parseRequestHead(head []byte, h *requestHead) error {
 			h.expectContinue = true
 		case fieldForwardedProto:
 			h.forwardedProto = true
+		case fieldRouterProof:
+			h.proof = f.value
+			h.proofs++
 		}
 	}
 	h.websocket = h.websocket && connection && upgrade
@@ -409,6 +444,48 @@ func parseRequestHead(head []byte, h *requestHead) error {
 	}
 	return nil
 }
+
+// splitAbsoluteTarget splits an absolute-form target (RFC 9112 §3.2.2) with
+// an http or https scheme into its authority and the rest (path and query,
+// possibly empty). A target with userinfo is refused (RFC 9110 §4.2.4 says
+// to treat it as an error), as is an empty or malformed authority.
+func splitAbsoluteTarget(target []byte) (authority, rest []byte, ok bool) {
+	i := bytes.Index(target, []byte("://"))
+	if i < 0 || !asciiEqualFold(target[:i], "http") && !asciiEqualFold(target[:i], "https") {
+		return nil, nil, false
+	}
+	authority = target[i+3:]
+	end := bytes.IndexAny(authority, "/?#")
+	if end < 0 {
+		end = len(authority)
+	}
+	authority, rest = authority[:end], authority[end:]
+	if len(authority) == 0 || len(rest) > 0 && rest[0] == '#' {
+		return nil, nil, false
+	}
+	for _, c := range authority {
+		if !authorityChars[c] {
+			return nil, nil, false
+		}
+	}
+	return authority, rest, true
+}
+
+// authorityChars are the bytes of a host and port: unreserved, sub-delims,
+// percent-encoding, ':' and the brackets of an IP literal (RFC 3986 §3.2.2);
+// '@' (userinfo) is not among them.
+var authorityChars = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "-._~!$&'()*+,;=%:[]" {
+		t[c] = true
+	}
+	return t
+}()
 
 // connectionOptions are the tokens of one Connection field.
 type connectionOptions struct {
@@ -470,8 +547,15 @@ type responseHead struct {
 	// statusRest is the status line after the version: "200 OK".
 	statusRest    []byte
 	fields        []headerField
-	contentLength int64 // -1 when absent
+	contentLength int64 // -1 when absent or overridden by Transfer-Encoding
 	chunked       bool
+	// codings: a Transfer-Encoding is present. Its Content-Length, if any,
+	// is then dropped (RFC 9112 §6.3: Transfer-Encoding wins, and a sender
+	// must not send both).
+	codings bool
+	// otherCodings: a transfer coding other than one final chunked is
+	// applied; without a final chunked the body runs until the app closes.
+	otherCodings bool
 	// closes: the app will close the connection after this response.
 	closes      bool
 	hasDate     bool
@@ -480,6 +564,13 @@ type responseHead struct {
 
 var errMalformedResponse = &statusError{502, "malformed response from the app"}
 
+// parseResponseHead parses the app's response head. It is as strict as the
+// request side: the status line must be HTTP/1.x SP 3-digit code (100-999,
+// as net/http accepts) with an optional SP reason that holds no control byte
+// but tab, fields as for requests. Transfer-Encoding follows RFC 9112 §6.3:
+// a final chunked frames the body; other codings alone mean it ends when the
+// app closes; chunked twice, an empty coding, or Transfer-Encoding on an
+// HTTP/1.0 response (§6.1: faulty framing) are refused.
 func parseResponseHead(head []byte, h *responseHead) error {
 	line, rest := nextLine(head)
 	if len(line) < 12 || string(line[:7]) != "HTTP/1." || !isDigit(line[7]) || line[8] != ' ' {
@@ -488,7 +579,8 @@ func parseResponseHead(head []byte, h *responseHead) error {
 	http10 := line[7] == '0'
 	h.statusRest = line[9:]
 	code := h.statusRest[:3]
-	if !isDigit(code[0]) || !isDigit(code[1]) || !isDigit(code[2]) || len(h.statusRest) > 3 && h.statusRest[3] != ' ' {
+	if !isDigit(code[0]) || !isDigit(code[1]) || !isDigit(code[2]) || code[0] == '0' ||
+		len(h.statusRest) > 3 && (h.statusRest[3] != ' ' || !validFieldValue(h.statusRest[4:])) {
 		return errMalformedResponse
 	}
 	h.status = int(code[0]-'0')*100 + int(code[1]-'0')*10 + int(code[2]-'0')
@@ -496,8 +588,9 @@ func parseResponseHead(head []byte, h *responseHead) error {
 	if h.fields, ok = parseFields(rest, h.fields); !ok {
 		return errMalformedResponse
 	}
-	h.contentLength, h.chunked, h.hasDate, h.listsFields = -1, false, false, false
+	h.contentLength, h.chunked, h.codings, h.otherCodings, h.hasDate, h.listsFields = -1, false, false, false, false, false
 	keepAlive, closeRequested := false, false
+	chunkedCount := 0
 	for i := range h.fields {
 		f := &h.fields[i]
 		switch f.kind {
@@ -511,12 +604,30 @@ func parseResponseHead(head []byte, h *responseHead) error {
 			}
 			h.contentLength = n
 		case fieldTransferEncoding:
-			// Only chunked as the final coding frames the body; anything
-			// else runs until the app closes (RFC 9112 §6.3).
-			h.chunked = asciiEqualFold(lastToken(f.value), "chunked")
-			if !h.chunked {
-				f.kind = fieldOther // forwarded as sent, the body delimited by close
-				closeRequested = true
+			if http10 {
+				return errMalformedResponse
+			}
+			h.codings = true
+			for list := f.value; ; {
+				var item []byte
+				if j := bytes.IndexByte(list, ','); j >= 0 {
+					item, list = trimSpace(list[:j]), list[j+1:]
+				} else {
+					item, list = trimSpace(list), nil
+				}
+				switch {
+				case len(item) == 0:
+					return errMalformedResponse
+				case asciiEqualFold(item, "chunked"):
+					chunkedCount++
+					h.chunked = true
+				default:
+					h.otherCodings = true
+					h.chunked = false // chunked only counts as the final coding
+				}
+				if list == nil {
+					break
+				}
 			}
 		case fieldConnection:
 			c := parseConnection(f.value)
@@ -527,11 +638,41 @@ func parseResponseHead(head []byte, h *responseHead) error {
 			h.hasDate = true
 		}
 	}
-	if h.chunked {
-		h.contentLength = -1 // Transfer-Encoding wins over Content-Length
+	if chunkedCount > 1 {
+		return errMalformedResponse // chunked applied twice (RFC 9112 §6.1)
+	}
+	if h.codings {
+		h.contentLength = -1
+		if !h.chunked {
+			closeRequested = true // delimited by the app's close
+		}
 	}
 	h.closes = closeRequested || http10 && !keepAlive
 	return nil
+}
+
+// forbiddenTrailer reports a trailer field that must not be passed on: the
+// fields RFC 9110 §6.5.1 says a trailer must not hold (framing, routing,
+// request modifiers, authentication, response control, content processing),
+// net/http's list of disallowed trailers, the hop-by-hop fields, and the
+// router's proof, which never reaches the app.
+func forbiddenTrailer(name []byte) bool {
+	if classify(name) != fieldOther {
+		return true // Host, Content-Length, Transfer-Encoding, Connection, TE, Expect, proof, ...
+	}
+	for _, s := range forbiddenTrailers {
+		if asciiEqualFold(name, s) {
+			return true
+		}
+	}
+	return len(name) > 3 && asciiEqualFold(name[:3], "if-") // conditionals
+}
+
+var forbiddenTrailers = []string{
+	"authorization", "cache-control", "content-encoding", "content-range", "content-type",
+	"cookie", "set-cookie", "max-forwards", "pragma", "range", "realm", "trailer",
+	"www-authenticate", "age", "expires", "location", "retry-after", "vary", "warning",
+	"content-location", "authentication-info", "proxy-authentication-info",
 }
 
 // noBody reports whether a response to method carries no body whatever its

@@ -128,6 +128,8 @@ func FuzzRequestHead(f *testing.F) {
 		"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
 		"PUT / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\nExpect: 100-continue\n\n",
 		"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+		"GET http://h:1?q HTTP/1.1\r\nHost: x\r\nSpawner-Router-Proof: p\r\n\r\n",
+		"OPTIONS HTTPS://[::1]/a HTTP/1.0\r\n\r\n",
 	} {
 		f.Add([]byte(seed))
 	}
@@ -151,13 +153,22 @@ func FuzzRequestHead(f *testing.F) {
 		if err := parseRequestHead(out.Bytes(), &again); err != nil {
 			t.Fatalf("forwarded head %q refused: %v", out.Bytes(), err)
 		}
-		if !bytes.Equal(again.method, h.method) || !bytes.Equal(again.target, h.target) ||
+		target := h.target
+		if h.authority != nil {
+			if len(target) == 0 || target[0] == '?' {
+				target = append([]byte("/"), target...)
+			}
+			if !bytes.Equal(again.host, h.authority) {
+				t.Fatalf("absolute-form %q forwarded with Host %q", data[:n], again.host)
+			}
+		}
+		if again.authority != nil || !bytes.Equal(again.method, h.method) || !bytes.Equal(again.target, target) ||
 			again.contentLength != h.contentLength || again.chunked != h.chunked || again.websocket != h.websocket {
 			t.Fatalf("forwarded head %q differs from %q", out.Bytes(), data[:n])
 		}
 		for i := range again.fields {
 			f := &again.fields[i]
-			if f.kind == fieldHopByHop || f.kind == fieldExpect ||
+			if f.kind == fieldHopByHop || f.kind == fieldExpect || f.kind == fieldRouterProof ||
 				f.kind == fieldOther && h.listsFields && listedInConnection(h.fields, f.name) {
 				t.Fatalf("forwarded a hop-by-hop field %q in %q", f.name, out.Bytes())
 			}

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // readBufferSize is the pooled read buffer of a connection while it carries a
@@ -25,6 +26,7 @@ var errLineTooLong = errors.New("line too long")
 type connReader struct {
 	conn net.Conn
 	raw  syscall.RawConn // nil when the platform offers none: reads then hold the buffer while blocked
+	fd   int             // the socket's descriptor, for peerSentOrClosed; -1 when unknown
 	buf  []byte
 	// pooled is the pool's pointer to buf, kept so that returning it does not
 	// allocate; nil when buf was grown beyond the pooled size.
@@ -37,6 +39,19 @@ type connReader struct {
 	rawRead func(fd uintptr) bool
 	// received counts bytes read; the exchange code resets it per request.
 	received int64
+	// idleTimeout > 0 makes each fill wait at most this long for a byte
+	// (a request body); deadlineSet says a deadline is then armed.
+	idleTimeout time.Duration
+	deadlineSet bool
+}
+
+// endIdleTimeout ends the per-fill timeout set in idleTimeout.
+func (cr *connReader) endIdleTimeout() {
+	cr.idleTimeout = 0
+	if cr.deadlineSet {
+		cr.deadlineSet = false
+		cr.conn.SetReadDeadline(time.Time{})
+	}
 }
 
 func (cr *connReader) buffered() []byte { return cr.buf[cr.r:cr.w] }
@@ -101,6 +116,10 @@ func (cr *connReader) fill() error {
 		if cr.w == len(cr.buf) {
 			return errLineTooLong
 		}
+	}
+	if cr.idleTimeout > 0 {
+		cr.conn.SetReadDeadline(time.Now().Add(cr.idleTimeout))
+		cr.deadlineSet = true
 	}
 	var n int
 	var err error

@@ -293,6 +293,10 @@ func statusText(status int) string {
 	switch status {
 	case 400:
 		return "Bad Request"
+	case 403:
+		return "Forbidden"
+	case 408:
+		return "Request Timeout"
 	case 417:
 		return "Expectation Failed"
 	case 431:
