@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +15,8 @@ import (
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/routerproof"
+	"spawner.dev/common/wire"
 )
 
 const (
@@ -24,20 +25,39 @@ const (
 	// annotationUpstream is set on the trimmed pods in the cache only: the
 	// sidecar's host:port, computed once per pod update instead of per request.
 	annotationUpstream = "api-server.spawner.dev/upstream"
+	// annotationRouterProof is also cache-only: the pod's router proof (the
+	// sidecar's env wire.SidecarRouterProofEnv), sent to the sidecar as
+	// wire.HeaderRouterProof on every proxied request.
+	annotationRouterProof = "api-server.spawner.dev/router-proof"
+
+	// referrerPolicy is sent with every router response whose app did not
+	// choose its own. same-origin: a page keeps its full URL (which holds
+	// the token while the address bar shows the token URL) for requests to
+	// the router's own origin — all of which pass the router, which strips
+	// the token from the Referer — and sends no Referer at all to any other
+	// origin, so neither the token nor the backend's name reaches a third
+	// party. strict-origin would also keep the token out, but would take the
+	// path from the app's own same-origin requests for nothing in return.
+	referrerPolicy = "same-origin"
 )
 
 var sidecarPort = strconv.Itoa(spawnerv1.SidecarServePort)
 
 // trimPod keeps what the router needs of a pod: its IP (as the sidecar's
-// public host:port; the status port is never used) and whether it is going away.
-// port is the sidecar's public port (tests substitute their own).
+// public host:port; the status port is never used), its router proof and
+// whether it is going away. port is the sidecar's public port (tests
+// substitute their own).
 func trimPod(p *corev1.Pod, port string) *corev1.Pod {
 	out := &corev1.Pod{}
 	out.Name, out.Namespace, out.UID, out.ResourceVersion = p.Name, p.Namespace, p.UID, p.ResourceVersion
 	out.Labels, out.DeletionTimestamp = p.Labels, p.DeletionTimestamp
 	out.Status.Phase, out.Status.PodIP = p.Status.Phase, p.Status.PodIP
+	out.Annotations = map[string]string{}
 	if p.Status.PodIP != "" {
-		out.Annotations = map[string]string{annotationUpstream: net.JoinHostPort(p.Status.PodIP, port)}
+		out.Annotations[annotationUpstream] = net.JoinHostPort(p.Status.PodIP, port)
+	}
+	if proof := routerproof.FromPod(p, spawnerv1.SidecarContainerName); proof != "" {
+		out.Annotations[annotationRouterProof] = proof
 	}
 	return out
 }
@@ -83,6 +103,13 @@ func newRouterProxy(s *Server) *routerProxy {
 				}
 			}
 			pr.SetXForwarded()
+			// Set here, on the outbound request, so that no hop-by-hop
+			// handling of the inbound one (Connection: Spawner-Router-Proof)
+			// can remove it; route put the pod's value on the inbound request
+			// after deleting whatever the client sent.
+			if v := pr.In.Header[wire.HeaderRouterProof]; len(v) > 0 {
+				pr.Out.Header[wire.HeaderRouterProof] = v
+			}
 			if trust {
 				if v := pr.In.Header["X-Forwarded-Proto"]; len(v) > 0 {
 					pr.Out.Header["X-Forwarded-Proto"] = v
@@ -92,10 +119,17 @@ func newRouterProxy(s *Server) *routerProxy {
 				}
 			}
 		},
+		ModifyResponse: func(resp *http.Response) error {
+			if _, ok := resp.Header["Referrer-Policy"]; !ok {
+				resp.Header["Referrer-Policy"] = []string{referrerPolicy}
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return // the client went away
 			}
+			w.Header()["Referrer-Policy"] = []string{referrerPolicy}
 			s.metrics.upstreamErrors.Inc()
 			s.log.Warn("proxying to the backend failed", "backend", r.PathValue("name"), "err", err)
 			writeError(w, http.StatusBadGateway, "the backend did not answer")
@@ -110,111 +144,36 @@ func (s *Server) RouterHandler() http.Handler {
 	rt := newRoutes()
 	s.commonRoutes(rt)
 	rt.handleFunc("/p/{name}/", s.route)
-	return s.instrument("router", rt.handler(func(*http.Request) string { return "not found" }))
-}
-
-// queryToken finds spawner_token in a raw query and returns the query without it.
-func queryToken(raw string) (tok, rest string, found bool) {
-	if !strings.Contains(raw, tokenParam) {
-		return "", raw, false
-	}
-	var b strings.Builder
-	for part := range strings.SplitSeq(raw, "&") {
-		k, v, _ := strings.Cut(part, "=")
-		if k == tokenParam {
-			if !found {
-				if u, err := url.QueryUnescape(v); err == nil {
-					tok = u
-				}
-			}
-			found = true
-			continue
-		}
-		if part == "" {
-			continue
-		}
-		if b.Len() > 0 {
-			b.WriteByte('&')
-		}
-		b.WriteString(part)
-	}
-	return tok, b.String(), found
-}
-
-// cookieTokenValid checks every spawner_token cookie against the backend and
-// removes them from the request, so the application never sees the token.
-func cookieTokenValid(r *http.Request, slab *spawnerv1.SessionLivedBackend) bool {
-	lines := r.Header["Cookie"]
-	if len(lines) == 0 {
-		return false
-	}
-	valid, seen := false, false
-	for _, line := range lines {
-		if !strings.Contains(line, tokenCookie) {
-			continue
-		}
-		for pair := range strings.SplitSeq(line, ";") {
-			k, v, _ := strings.Cut(strings.TrimSpace(pair), "=")
-			if k == tokenCookie {
-				seen = true
-				if !valid && tokenMatches(slab, strings.Trim(v, `"`)) {
-					valid = true
-				}
-			}
-		}
-	}
-	if seen {
-		stripTokenCookie(r)
-	}
-	return valid
-}
-
-func stripTokenCookie(r *http.Request) {
-	lines := r.Header["Cookie"]
-	out := lines[:0:0]
-	for _, line := range lines {
-		if !strings.Contains(line, tokenCookie) {
-			out = append(out, line)
-			continue
-		}
-		var b strings.Builder
-		for pair := range strings.SplitSeq(line, ";") {
-			p := strings.TrimSpace(pair)
-			if k, _, _ := strings.Cut(p, "="); k == tokenCookie || p == "" {
-				continue
-			}
-			if b.Len() > 0 {
-				b.WriteString("; ")
-			}
-			b.WriteString(p)
-		}
-		if b.Len() > 0 {
-			out = append(out, b.String())
-		}
-	}
-	if len(out) == 0 {
-		delete(r.Header, "Cookie")
-	} else {
-		r.Header["Cookie"] = out
-	}
+	h := rt.handler(func(*http.Request) string { return "not found" })
+	// The router's own answers (refusals, pages, the redirect to /p/<name>/
+	// that carries the token) get the Referrer-Policy too; route removes it
+	// before proxying, so that the app's own choice, if any, is the only one.
+	return s.instrument("router", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Referrer-Policy"] = []string{referrerPolicy}
+		h.ServeHTTP(w, r)
+	}))
 }
 
 func acceptsHTML(r *http.Request) bool {
 	return strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
+// upstream is where the router sends a backend's requests: the sidecar's
+// public host:port and the pod's router proof ("" for a pod without one).
+type upstream struct{ addr, proof string }
+
 // routable looks a backend up in the caches only — the router is open to
 // anyone, so an unknown name must cost no API request — and reports its slab
 // and, once it is Ready with a running pod, the sidecar's address.
-func (s *Server) routable(name string) (slab *spawnerv1.SessionLivedBackend, upstream string) {
+func (s *Server) routable(name string) (slab *spawnerv1.SessionLivedBackend, up upstream) {
 	slab, err := s.slabLister.Get(name)
 	if err != nil || phaseOf(slab) != lifecycle.Ready {
-		return slab, ""
+		return slab, up
 	}
 	if pod, ok := s.pod(name); ok && pod.DeletionTimestamp == nil && pod.Status.Phase == corev1.PodRunning {
-		upstream = pod.Annotations[annotationUpstream]
+		up = upstream{addr: pod.Annotations[annotationUpstream], proof: pod.Annotations[annotationRouterProof]}
 	}
-	return slab, upstream
+	return slab, up
 }
 
 // awaitRoutable is routable that, for a backend not yet known or not yet
@@ -222,10 +181,10 @@ func (s *Server) routable(name string) (slab *spawnerv1.SessionLivedBackend, ups
 // POST /spawn meets a backend that is still starting, or one another replica
 // created a moment ago. An unknown name waits briefly (cache lag); a
 // starting backend up to --router-ready-wait.
-func (s *Server) awaitRoutable(r *http.Request, name string) (*spawnerv1.SessionLivedBackend, string) {
-	slab, upstream := s.routable(name)
-	if upstream != "" || (slab != nil && !live(slab)) {
-		return slab, upstream
+func (s *Server) awaitRoutable(r *http.Request, name string) (*spawnerv1.SessionLivedBackend, upstream) {
+	slab, up := s.routable(name)
+	if up.addr != "" || (slab != nil && !live(slab)) {
+		return slab, up
 	}
 	wake, unsubscribe := s.watchers.subscribe(name)
 	defer unsubscribe()
@@ -234,10 +193,10 @@ func (s *Server) awaitRoutable(r *http.Request, name string) (*spawnerv1.Session
 	defer deadline.Stop()
 	for {
 		// Re-check after subscribing: an update may have come in between.
-		slab, upstream = s.routable(name)
+		slab, up = s.routable(name)
 		switch {
-		case upstream != "", slab != nil && !live(slab), slab == nil && time.Now().After(unknownDeadline):
-			return slab, upstream
+		case up.addr != "", slab != nil && !live(slab), slab == nil && time.Now().After(unknownDeadline):
+			return slab, up
 		}
 		var unknownExpired <-chan time.Time
 		if slab == nil {
@@ -247,9 +206,9 @@ func (s *Server) awaitRoutable(r *http.Request, name string) (*spawnerv1.Session
 		case <-wake:
 		case <-unknownExpired:
 		case <-deadline.C:
-			return slab, upstream
+			return slab, up
 		case <-r.Context().Done():
-			return slab, upstream
+			return slab, up
 		}
 	}
 }
@@ -272,10 +231,10 @@ func (s *Server) backendUnavailable(w http.ResponseWriter, r *http.Request) {
 // route authorizes and proxies one request to /p/{name}/...
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	slab, upstream := s.routable(name)
+	slab, up := s.routable(name)
 	if slab == nil {
 		// Not in the cache (yet): another replica may have just created it.
-		slab, upstream = s.awaitRoutable(r, name)
+		slab, up = s.awaitRoutable(r, name)
 	}
 	if slab == nil || !live(slab) {
 		s.backendUnavailable(w, r)
@@ -303,18 +262,21 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 			Name: tokenCookie, Value: tok, Path: prefix + "/",
 			HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: s.secureCookie,
 		})
+	}
+	if rest != r.URL.RawQuery {
 		r.URL.RawQuery = rest
 		r.URL.ForceQuery = false
 	}
-	if upstream == "" {
+	stripRefererToken(r.Header)
+	if up.addr == "" {
 		// Authorized but still starting: hold the request a while (only now,
 		// so a request without the token is refused at once).
-		if slab, upstream = s.awaitRoutable(r, name); slab == nil || !live(slab) {
+		if slab, up = s.awaitRoutable(r, name); slab == nil || !live(slab) {
 			s.backendUnavailable(w, r)
 			return
 		}
 	}
-	if upstream == "" {
+	if up.addr == "" {
 		s.metrics.routeNotReady.Inc()
 		w.Header().Set("Retry-After", "1")
 		if acceptsHTML(r) {
@@ -325,7 +287,13 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.URL.Scheme = "http"
-	r.URL.Host = upstream
+	r.URL.Host = up.addr
+	// Only the router's own value goes out (Rewrite copies it to the
+	// outbound request); the sidecar of a pod without one does not check.
+	delete(r.Header, wire.HeaderRouterProof)
+	if up.proof != "" {
+		r.Header[wire.HeaderRouterProof] = []string{up.proof}
+	}
 	r.URL.Path = r.URL.Path[len(prefix):]
 	if r.URL.RawPath != "" {
 		// The escaped path has the same three segments before the rest.
@@ -339,5 +307,6 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Upgrade") != "" {
 		s.metrics.routeUpgrades.Inc()
 	}
+	delete(w.Header(), "Referrer-Policy") // ModifyResponse sets it unless the app does
 	s.proxy.rp.ServeHTTP(w, r)
 }

@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -14,8 +15,12 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"spawner.dev/apis/lifecycle"
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/wire"
 )
 
 type seen struct {
@@ -54,6 +59,9 @@ func newFakeApp(t *testing.T) *fakeApp {
 		fmt.Fprint(w, "data: one\n\n")
 		w.(http.Flusher).Flush()
 		<-r.Context().Done() // never ends by itself: the client must see "one" anyway
+	})
+	mux.HandleFunc("/policy", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Referrer-Policy", "no-referrer")
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -251,6 +259,10 @@ func TestQueryToken(t *testing.T) {
 		{"a=1&spawner_token=abc&b=2", "abc", "a=1&b=2"},
 		{"spawner_token=a%2Bb&spawner_token=x", "a+b", ""},
 		{"xspawner_token=1", "", "xspawner_token=1"},
+		{"a=1;spawner_token=x;b=2&c=3", "", "a=1;b=2&c=3"},
+		{"spawner%5Ftoken=x&a=1&&b=2", "", "a=1&b=2"},
+		{"SPAWNER_TOKEN=x&spawner_token=y", "y", ""},
+		{"spawner_tokens=1&a=%zz", "", "spawner_tokens=1&a=%zz"},
 	} {
 		tok, rest, _ := queryToken(c.raw)
 		if tok != c.tok || rest != c.rest {
@@ -279,4 +291,178 @@ func TestRouterWaitsOnlyForAuthorized(t *testing.T) {
 	if resp.StatusCode != 200 || time.Since(start) > 4*time.Second {
 		t.Fatalf("authorized: %d after %v", resp.StatusCode, time.Since(start))
 	}
+}
+
+// Every spelling of the token's name that a browser or a server framework
+// decodes to spawner_token is stripped before the app; only the canonical
+// spellings authorize; everything else of the query and the cookies arrives.
+func TestRouterStripsEveryTokenSpelling(t *testing.T) {
+	app := newFakeApp(t)
+	e := newTestEnv(t, app.port())
+	tok := e.addBackend("slab-sp", lifecycle.Ready)
+	other := e.addBackend("slab-sp2", lifecycle.Ready)
+	base := e.router.URL + "/p/slab-sp/x"
+
+	for _, c := range []struct{ query, wantQuery string }{
+		{"spawner%5Ftoken=" + other + "&a=1", "a=1"},
+		{"%73pawner_token=" + other + "&a=1", "a=1"},
+		{"spawner%5ftoken=" + other, ""},
+		{"SPAWNER_TOKEN=" + other + "&a=1", "a=1"},            // ASP.NET reads query names case-insensitively
+		{"%C5%BFpawner_token=" + other + "&a=1", "a=1"},       // ſ (U+017F): OrdinalIgnoreCase equals it to s
+		{"spawner.token=" + other + "&a=1", "a=1"},            // PHP renames . to _
+		{"spawner+token=" + other + "&spawner%20token=x", ""}, // and a space
+		{"spawner[token=" + other + "&a=1", "a=1"},            // and an unmatched [
+		{"spawner_token[]=" + other + "&spawner_token[0]=" + other + "&a=1", "a=1"},
+		{"+spawner_token=" + other + "&a=1", "a=1"},
+		// ; separates pairs for some frameworks (ReverseProxy then drops
+		// what url.ParseQuery cannot read: pairs joined by ;).
+		{"a=1;spawner_token=" + other + ";b=2&c=3", "c=3"},
+		{"spawner%255Ftoken=" + other + "&a=1", "a=1"}, // decoded twice
+		{"spawner_token=" + tok + "&spawner_token=" + other + "&a=1", "a=1"},
+		// Not the token: kept as they are.
+		{"spawner_tokens=1&my_spawner_token=2&spawner=3&token=4", "spawner_tokens=1&my_spawner_token=2&spawner=3&token=4"},
+	} {
+		resp := get(t, base+"?"+c.query, map[string]string{"Cookie": "spawner_token=" + tok})
+		got := decode[seen](t, resp)
+		if resp.StatusCode != 200 || got.RawQuery != c.wantQuery {
+			t.Errorf("?%s: %d, the app saw query %q, want %q", c.query, resp.StatusCode, got.RawQuery, c.wantQuery)
+		}
+		if strings.Contains(fmt.Sprint(got.Header), tok) || strings.Contains(fmt.Sprint(got.Header), other) {
+			t.Errorf("?%s: a token reached the app: %v", c.query, got.Header)
+		}
+	}
+
+	for _, c := range []struct{ cookie, wantCookie string }{
+		{"spawner_token=" + tok + "; Spawner_Token=" + other + "; a=1", "a=1"},
+		{"spawner_token=" + tok + "; SPAWNER_TOKEN=" + other, ""},
+		{"spawner_token =" + other + "; spawner_token=" + tok + "; b=2", "b=2"},
+		{"a=1;spawner_token=" + tok + ";  spawner%5Ftoken=" + other, "a=1"},
+		{"spawner_token=" + tok + "; spawner.token=" + other + "; spawner_token[x]=" + other, ""},
+		{"spawner_token=" + tok + "; spawner_token=" + other + "; c=3", "c=3"},
+		{"spawner_token=" + tok + "; spawner_tokens=1; xspawner_token=2", "spawner_tokens=1; xspawner_token=2"},
+	} {
+		resp := get(t, base, map[string]string{"Cookie": c.cookie})
+		got := decode[seen](t, resp)
+		if resp.StatusCode != 200 || got.Header.Get("Cookie") != c.wantCookie || len(got.Header["Cookie"]) > 1 {
+			t.Errorf("Cookie %q: %d, the app saw %q, want %q", c.cookie, resp.StatusCode, got.Header["Cookie"], c.wantCookie)
+		}
+	}
+
+	// Other spellings never authorize.
+	before := app.hits.Load()
+	for _, u := range []string{base + "?spawner%5Ftoken=" + tok, base + "?SPAWNER_TOKEN=" + tok} {
+		if resp := get(t, u, nil); resp.StatusCode != 403 {
+			t.Errorf("%s: %d, want 403", u, resp.StatusCode)
+		}
+	}
+	for _, ck := range []string{"Spawner_Token=" + tok, "spawner%5Ftoken=" + tok} {
+		if resp := get(t, base, map[string]string{"Cookie": ck}); resp.StatusCode != 403 {
+			t.Errorf("Cookie %s: %d, want 403", ck, resp.StatusCode)
+		}
+	}
+	if app.hits.Load() != before {
+		t.Error("a refused request reached the backend")
+	}
+}
+
+// The Referer loses the token and keeps the rest; one that does not parse is
+// dropped. Every response carries a Referrer-Policy, unless the app set its own.
+func TestRouterStripsTheTokenFromReferer(t *testing.T) {
+	app := newFakeApp(t)
+	e := newTestEnv(t, app.port())
+	tok := e.addBackend("slab-ref", lifecycle.Ready)
+	other := e.addBackend("slab-ref2", lifecycle.Ready)
+	base := e.router.URL + "/p/slab-ref/x?spawner_token=" + tok
+	for _, c := range []struct{ referer, want string }{
+		// A backend's page opened from its token URL, and a link from another backend.
+		{"http://public.example:8081/p/slab-ref/?spawner_token=" + tok, "http://public.example:8081/p/slab-ref/"},
+		{"http://public.example:8081/p/slab-ref2/page?a=1&spawner_token=" + other + "&b=2", "http://public.example:8081/p/slab-ref2/page?a=1&b=2"},
+		{"http://h/p/x/?spawner%5Ftoken=" + other + "&SPAWNER_TOKEN=" + other, "http://h/p/x/"},
+		{"http://h/p/x/?a=1", "http://h/p/x/?a=1"},
+		{"http://h/p/x/", "http://h/p/x/"},
+		{"http://h/%zz?spawner_token=" + other, ""}, // not a URL
+		{"http://user:pw@h/p/x/#frag", "http://h/p/x/"},
+	} {
+		resp := get(t, base, map[string]string{"Referer": c.referer})
+		got := decode[seen](t, resp)
+		if resp.StatusCode != 200 || got.Header.Get("Referer") != c.want || (c.want == "" && got.Header["Referer"] != nil) {
+			t.Errorf("Referer %q: %d, the app saw %q, want %q", c.referer, resp.StatusCode, got.Header["Referer"], c.want)
+		}
+		if p := resp.Header.Values("Referrer-Policy"); len(p) != 1 || p[0] != "same-origin" {
+			t.Errorf("Referrer-Policy %q, want same-origin", p)
+		}
+	}
+	// The router's own answers carry it too.
+	for _, u := range []string{e.router.URL + "/p/slab-ref/", e.router.URL + "/p/slab-ref?spawner_token=" + tok, e.router.URL + "/p/nope/"} {
+		if resp := get(t, u, nil); resp.Header.Get("Referrer-Policy") != "same-origin" {
+			t.Errorf("%s: %d with Referrer-Policy %q", u, resp.StatusCode, resp.Header.Get("Referrer-Policy"))
+		}
+	}
+	// An app's own policy is the only one.
+	resp := get(t, e.router.URL+"/p/slab-ref/policy?spawner_token="+tok, nil)
+	if p := resp.Header.Values("Referrer-Policy"); len(p) != 1 || p[0] != "no-referrer" {
+		t.Errorf("app's policy: got %q, want only no-referrer", p)
+	}
+}
+
+// The router sends the pod's router proof, and only it, to the sidecar; a
+// client's own Spawner-Router-Proof header never gets through.
+func TestRouterSendsThePodsRouterProof(t *testing.T) {
+	app := newFakeApp(t)
+	e := newTestEnv(t, app.port())
+	tok := e.addBackend("slab-pf", lifecycle.Ready)
+	e.setRouterProof("slab-pf", "proof-of-slab-pf")
+	base := e.router.URL + "/p/slab-pf/x?spawner_token=" + tok
+	for _, hdr := range []map[string]string{
+		nil,
+		{"Spawner-Router-Proof": "forged"},
+		{"Spawner-Router-Proof": "forged", "Connection": "Spawner-Router-Proof"},
+	} {
+		got := decode[seen](t, get(t, base, hdr))
+		if v := got.Header.Values("Spawner-Router-Proof"); len(v) != 1 || v[0] != "proof-of-slab-pf" {
+			t.Errorf("client headers %v: the sidecar got proof %q", hdr, v)
+		}
+	}
+	// The WebSocket handshake carries it as well.
+	wsURL := "ws" + strings.TrimPrefix(e.router.URL, "http") + "/p/slab-pf/ws?spawner_token=" + tok
+	c, _, err := websocket.DefaultDialer.Dial(wsURL, http.Header{"Spawner-Router-Proof": {"forged"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	app.mu.Lock()
+	v := app.last.Header.Values("Spawner-Router-Proof")
+	app.mu.Unlock()
+	if len(v) != 1 || v[0] != "proof-of-slab-pf" {
+		t.Errorf("WebSocket: the sidecar got proof %q", v)
+	}
+	// A pod without a proof (built before the fence): nothing is sent, and a
+	// client's header is still removed.
+	tok2 := e.addBackend("slab-np", lifecycle.Ready)
+	got := decode[seen](t, get(t, e.router.URL+"/p/slab-np/x?spawner_token="+tok2, map[string]string{"Spawner-Router-Proof": "forged"}))
+	if v := got.Header.Values("Spawner-Router-Proof"); len(v) != 0 {
+		t.Errorf("pod without a proof: the sidecar got %q", v)
+	}
+}
+
+// setRouterProof gives the backend's pod a sidecar container with the proof
+// in its env, as the controller builds it, and waits for the cache.
+func (e *testEnv) setRouterProof(name, proof string) {
+	e.t.Helper()
+	ctx := context.Background()
+	pod, err := e.kube.CoreV1().Pods(testNS).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	pod.Spec.Containers = []corev1.Container{
+		{Name: "app", Env: []corev1.EnvVar{{Name: wire.SidecarRouterProofEnv, Value: "the-apps-own-env-does-not-count"}}},
+		{Name: spawnerv1.SidecarContainerName, Env: []corev1.EnvVar{{Name: wire.SidecarRouterProofEnv, Value: proof}}},
+	}
+	if _, err := e.kube.CoreV1().Pods(testNS).Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.eventually(func() bool {
+		p, ok := e.s.pod(name)
+		return ok && p.Annotations[annotationRouterProof] == proof
+	})
 }
