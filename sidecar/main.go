@@ -15,12 +15,13 @@ import (
 	"syscall"
 	"time"
 
+	"spawner.dev/sidecar/proxy"
 	"spawner.dev/sidecar/server"
 )
 
 func main() {
 	var c server.Config
-	var wsIdle, drain int
+	var wsIdle, drain, bodyIdle int
 	fs := flag.NewFlagSet("spawner-sidecar", flag.ExitOnError)
 	fs.IntVar(&c.ServePort, "serve-port", envInt("SIDECAR_SERVE_PORT", 9090), "public port, proxied to the app (env SIDECAR_SERVE_PORT)")
 	fs.IntVar(&c.UpstreamPort, "upstream-port", envInt("SIDECAR_UPSTREAM_PORT", 8080), "the app's port on 127.0.0.1 (env SIDECAR_UPSTREAM_PORT)")
@@ -30,7 +31,14 @@ func main() {
 	fs.StringVar(&c.StatusBlockFile, "status-block-file", os.Getenv("SIDECAR_STATUS_BLOCK_FILE"), "testing: while this file exists the status port is closed (env SIDECAR_STATUS_BLOCK_FILE)")
 	fs.StringVar(&c.ProcNet, "proc-net", envString("SIDECAR_PROC_NET", "/proc/net"), "directory with the tcp and tcp6 socket tables (env SIDECAR_PROC_NET)")
 	fs.StringVar(&c.Host, "listen-host", os.Getenv("SIDECAR_LISTEN_HOST"), "address to bind the public and status ports on; empty = all (env SIDECAR_LISTEN_HOST)")
+	fs.IntVar(&bodyIdle, "body-idle-timeout-seconds", envInt("SIDECAR_BODY_IDLE_TIMEOUT_SECONDS", int(proxy.DefaultBodyIdleTimeout/time.Second)),
+		"a request body that pauses this long is answered 408 (env SIDECAR_BODY_IDLE_TIMEOUT_SECONDS)")
 	fs.Parse(os.Args[1:])
+	if bodyIdle <= 0 {
+		fmt.Fprintf(os.Stderr, "--body-idle-timeout-seconds must be at least 1, not %d\n", bodyIdle)
+		os.Exit(2)
+	}
+	c.BodyIdleTimeout = time.Duration(bodyIdle) * time.Second
 	c.WSIdle = time.Duration(wsIdle) * time.Second
 	c.Drain = time.Duration(drain) * time.Second
 

@@ -35,7 +35,10 @@ type Config struct {
 	ProcNet string
 	// Host is the address to bind the public and status ports on ("" = all).
 	Host string
-	Log  *log.Logger
+	// BodyIdleTimeout bounds each pause in a request body (0: the proxy's
+	// default); see proxy.Config.
+	BodyIdleTimeout time.Duration
+	Log             *log.Logger
 }
 
 // Readiness polling: fast until the app listens, then slow to notice it going.
@@ -59,6 +62,8 @@ func Run(ctx context.Context, c Config) error {
 		Tracker:  tracker,
 		Metrics:  proxy.NewMetrics(reg, tracker),
 		MaxIdle:  1024,
+
+		BodyIdleTimeout: c.BodyIdleTimeout,
 	})
 
 	public, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.ServePort)))

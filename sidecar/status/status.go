@@ -4,6 +4,7 @@ package status
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"spawner.dev/common/wire"
 	"spawner.dev/sidecar/activity"
 )
 
@@ -27,6 +29,11 @@ const (
 type Handler struct {
 	Tracker *activity.Tracker
 	Metrics http.Handler
+	// RouterProof, when set, is required in the wire.HeaderRouterProof
+	// header of /_events and /metrics requests (403 otherwise): the sweeper
+	// sends it, other pods cannot. /healthz stays open (it tells nothing).
+	// Empty: no check (tests, benches, a sidecar run by hand).
+	RouterProof string
 	// KeepAlive overrides KeepAliveEvery (tests).
 	KeepAlive time.Duration
 }
@@ -34,15 +41,34 @@ type Handler struct {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/_events":
-		h.events(w, r)
+		if h.allowed(w, r) {
+			h.events(w, r)
+		}
 	case "/healthz":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
 	case "/metrics":
-		h.Metrics.ServeHTTP(w, r)
+		if h.allowed(w, r) {
+			h.Metrics.ServeHTTP(w, r)
+		}
 	default:
 		http.NotFound(w, r)
 	}
+}
+
+// allowed checks the router proof (in constant time, so the answer's timing
+// tells nothing about how much of a guess was right) and answers 403 when
+// it is wrong or missing.
+func (h *Handler) allowed(w http.ResponseWriter, r *http.Request) bool {
+	if h.RouterProof == "" {
+		return true
+	}
+	got := r.Header.Values(wire.HeaderRouterProof)
+	if len(got) == 1 && subtle.ConstantTimeCompare([]byte(got[0]), []byte(h.RouterProof)) == 1 {
+		return true
+	}
+	http.Error(w, "forbidden: only the sweeper may read this sidecar's status", http.StatusForbidden)
+	return false
 }
 
 func (h *Handler) events(w http.ResponseWriter, r *http.Request) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"spawner.dev/common/metrics"
+	"spawner.dev/common/wire"
 	"spawner.dev/sidecar/activity"
 )
 
@@ -241,4 +242,52 @@ func TestBlockFileClosesThePort(t *testing.T) {
 	}
 	os.Remove(block)
 	waitUntil(true)
+}
+
+// With a router proof configured, /_events and /metrics answer 403 without
+// exactly that value in Spawner-Router-Proof (and never start a stream);
+// /healthz stays open.
+func TestRouterProofGuardsEventsAndMetrics(t *testing.T) {
+	const proof = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
+	tr := activity.New(0)
+	srv := httptest.NewServer(&Handler{Tracker: tr, Metrics: metrics.NewRegistry(), RouterProof: proof})
+	defer srv.Close()
+	do := func(path string, values ...string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", srv.URL+path, nil)
+		for _, v := range values {
+			req.Header.Add(wire.HeaderRouterProof, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("Content-Type")
+	}
+	for _, path := range []string{"/_events", "/metrics"} {
+		for _, vs := range [][]string{nil, {""}, {"wrong"}, {proof[:len(proof)-1]}, {proof + "x"}, {"wrong", proof}, {proof, proof}} {
+			if code, ct := do(path, vs...); code != 403 || ct == "text/event-stream" {
+				t.Errorf("%s with proof %q: %d %s, want 403", path, vs, code, ct)
+			}
+		}
+	}
+	if code, _ := do("/metrics", proof); code != 200 {
+		t.Errorf("/metrics with the proof: %d", code)
+	}
+	if code, _ := do("/healthz"); code != 200 {
+		t.Errorf("/healthz without the proof: %d, want 200", code)
+	}
+	// With the proof, the stream starts with the current state.
+	req, _ := http.NewRequest("GET", srv.URL+"/_events", nil)
+	req.Header.Set(wire.HeaderRouterProof, proof)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+	if resp.StatusCode != 200 || !strings.HasPrefix(line, `data: {"ready":false`) {
+		t.Fatalf("%d %q", resp.StatusCode, line)
+	}
 }
