@@ -50,6 +50,16 @@ test: verify test-unit test-cluster ## everything CI runs: verify, unit tests, t
 test-unit: ## unit and loopback integration tests (no cluster needed)
 	go test -count=1 $(PKGS)
 	for m in scripts/imagebuilder; do (cd $$m && GOWORK=off go test -count=1 ./...); done
+	$(MAKE) --no-print-directory fuzz-brief
+
+# The sidecar's fuzz targets (request head, response head, chunked bodies).
+# A crasher's input is written to sidecar/proxy/testdata/fuzz/ and is
+# committed with its fix, so it stays in the seed corpus.
+FUZZ_TARGETS := FuzzRequestHead FuzzResponseHead FuzzChunkedBody
+
+.PHONY: fuzz-brief
+fuzz-brief: ## run each sidecar fuzz target for 5 s
+	for f in $(FUZZ_TARGETS); do go test -run '^$$' -fuzz "^$$f\$$" -fuzztime 5s ./sidecar/proxy/; done
 
 .PHONY: test-cluster
 test-cluster: ## the local-cluster test, then every -tags cluster suite against a running cluster with fresh images
