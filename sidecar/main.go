@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"spawner.dev/common/wire"
 	"spawner.dev/sidecar/proxy"
 	"spawner.dev/sidecar/server"
 )
@@ -39,6 +40,10 @@ func main() {
 		os.Exit(2)
 	}
 	c.BodyIdleTimeout = time.Duration(bodyIdle) * time.Second
+	// The router proof comes from the environment only, never a flag: the
+	// controller sets it in the pod spec, and a flag would also show it in
+	// the process list of every container sharing the pod's PID namespace.
+	c.RouterProof = os.Getenv(wire.SidecarRouterProofEnv)
 	c.WSIdle = time.Duration(wsIdle) * time.Second
 	c.Drain = time.Duration(drain) * time.Second
 

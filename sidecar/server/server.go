@@ -38,7 +38,11 @@ type Config struct {
 	// BodyIdleTimeout bounds each pause in a request body (0: the proxy's
 	// default); see proxy.Config.
 	BodyIdleTimeout time.Duration
-	Log             *log.Logger
+	// RouterProof, when set, is required from every request on the public
+	// port and on the status port's /_events and /metrics (the fence, see
+	// docs/architecture.md); main reads it from wire.SidecarRouterProofEnv.
+	RouterProof string
+	Log         *log.Logger
 }
 
 // Readiness polling: fast until the app listens, then slow to notice it going.
@@ -64,6 +68,7 @@ func Run(ctx context.Context, c Config) error {
 		MaxIdle:  1024,
 
 		BodyIdleTimeout: c.BodyIdleTimeout,
+		RouterProof:     c.RouterProof,
 	})
 
 	public, err := net.Listen("tcp", net.JoinHostPort(c.Host, strconv.Itoa(c.ServePort)))
@@ -83,7 +88,7 @@ func Run(ctx context.Context, c Config) error {
 	statusDone := make(chan error, 1)
 	go func() {
 		statusDone <- status.Serve(statusCtx, net.JoinHostPort(c.Host, strconv.Itoa(c.StatusPort)),
-			&status.Handler{Tracker: tracker, Metrics: reg}, c.StatusBlockFile)
+			&status.Handler{Tracker: tracker, Metrics: reg, RouterProof: c.RouterProof}, c.StatusBlockFile)
 	}()
 	logger.Printf("sidecar: serving :%d -> 127.0.0.1:%d, status :%d", c.ServePort, c.UpstreamPort, c.StatusPort)
 

@@ -35,7 +35,7 @@ func get(t *testing.T, url string) (int, string) {
 
 // runSidecar starts Run against an app and returns the public and status base
 // URLs and a function that stops the sidecar and waits for it.
-func runSidecar(t *testing.T, app http.Handler, drain time.Duration) (public, status string, stop func() error) {
+func runSidecar(t *testing.T, app http.Handler, drain time.Duration, opts ...func(*Config)) (public, status string, stop func() error) {
 	t.Helper()
 	appLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -52,6 +52,9 @@ func runSidecar(t *testing.T, app http.Handler, drain time.Duration) (public, st
 		ProcNet:      "/proc/net",
 		Host:         "127.0.0.1",
 		Log:          log.New(io.Discard, "", 0),
+	}
+	for _, o := range opts {
+		o(&c)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
