@@ -40,6 +40,9 @@ import (
 // Options are the controller's behaviour settings (flags in main).
 type Options struct {
 	Sidecar SidecarOptions
+	// AppResources: the app container's requests and limits when its
+	// template sets none (applyAppResourceDefaults).
+	AppResources AppResources
 	// PublicBaseURL, when set, gives every backend status.url = <base>/p/<name>/.
 	PublicBaseURL string
 	// StartupTimeout: a backend not Ready this long after its slab was created
@@ -422,7 +425,9 @@ func (c *Controller) syncLive(ctx context.Context, slab *spawnerv1.SessionLivedB
 			ch.fail(Failure{Reason: lifecycle.ReasonInvalidSpec, Message: errs.ToAggregate().Error()})
 			return nil, false, 0, nil
 		}
-		created, err := c.kube.CoreV1().Pods(slab.Namespace).Create(ctx, BuildPod(slab, c.opts.Sidecar), metav1.CreateOptions{})
+		newPod := BuildPod(slab, c.opts.Sidecar)
+		applyAppResourceDefaults(newPod, c.opts.AppResources)
+		created, err := c.kube.CoreV1().Pods(slab.Namespace).Create(ctx, newPod, metav1.CreateOptions{})
 		switch {
 		case err == nil:
 			c.metrics.podsCreated.Inc()
@@ -437,6 +442,12 @@ func (c *Controller) syncLive(ctx context.Context, slab *spawnerv1.SessionLivedB
 			pod, foreign = live, !metav1.IsControlledBy(live, slab)
 		case apierrors.IsInvalid(err):
 			ch.fail(Failure{Reason: lifecycle.ReasonInvalidSpec, Message: "pod rejected by the API server: " + err.Error()})
+			return nil, false, 0, nil
+		case rejectedByPodSecurity(err):
+			// The namespace's Pod Security level forbids what the template
+			// asks for: no retry can change that, so fail now rather than
+			// leave the backend Pending until the startup timeout.
+			ch.fail(Failure{Reason: lifecycle.ReasonInvalidSpec, Message: "pod rejected by the namespace's Pod Security policy: " + err.Error()})
 			return nil, false, 0, nil
 		default:
 			if c.opts.StartupTimeout > 0 && now.Sub(slab.CreationTimestamp.Time) > c.opts.StartupTimeout {

@@ -8,6 +8,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/routerproof"
+	"spawner.dev/common/wire"
 )
 
 // SidecarOptions say how the spawner-sidecar container of every backend pod looks.
@@ -46,7 +48,13 @@ func BuildPod(slab *spawnerv1.SessionLivedBackend, sc SidecarOptions) *corev1.Po
 	if len(containers) > 0 {
 		containers[0].Env = setEnv(containers[0].Env, spawnerv1.PortEnvVar, strconv.Itoa(int(port)))
 	}
-	containers = append(containers, sidecarContainer(port, sc))
+	// The router proof: a fresh random value per pod, in the sidecar's env
+	// only (never the app's). The sidecar refuses requests without it, so only
+	// the router and the sweeper, which read it from the pod, get through; a
+	// leaked value opens this one pod and dies with it.
+	sidecar := sidecarContainer(port, sc)
+	sidecar.Env = setEnv(sidecar.Env, wire.SidecarRouterProofEnv, routerproof.New())
+	containers = append(containers, sidecar)
 
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{

@@ -9,6 +9,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/routerproof"
+	"spawner.dev/common/wire"
 )
 
 func testSlab(name string) *spawnerv1.SessionLivedBackend {
@@ -152,5 +154,35 @@ func TestBuildPodKeepsTheTemplatesTokenChoice(t *testing.T) {
 		if *pod.Spec.AutomountServiceAccountToken != want {
 			t.Error("the pod shares the slab's pointer")
 		}
+	}
+}
+
+// Every pod gets its own router proof, in the sidecar's env and nowhere else:
+// the app (the user's code) must not hold the value that opens its sidecar,
+// and one backend's value must not open another's.
+func TestBuildPodDrawsARouterProofPerPodForTheSidecarOnly(t *testing.T) {
+	p1, p2 := BuildPod(testSlab("b1"), testSidecar), BuildPod(testSlab("b2"), testSidecar)
+	proof := func(p *corev1.Pod) string { return routerproof.FromPod(p, spawnerv1.SidecarContainerName) }
+	v1, v2 := proof(p1), proof(p2)
+	if len(v1) != 43 || len(v2) != 43 {
+		t.Fatalf("proofs %q and %q, want 32 random bytes in base64url (43 characters)", v1, v2)
+	}
+	if v1 == v2 {
+		t.Fatalf("two pods got the same proof %q", v1)
+	}
+	for _, c := range p1.Spec.Containers {
+		for _, e := range c.Env {
+			if c.Name != spawnerv1.SidecarContainerName && (e.Name == wire.SidecarRouterProofEnv || e.Value == v1) {
+				t.Errorf("container %s carries the proof in env %s", c.Name, e.Name)
+			}
+		}
+	}
+	for _, c := range p1.Spec.InitContainers {
+		if len(c.Env) > 0 {
+			t.Errorf("init container %s got env %v", c.Name, c.Env)
+		}
+	}
+	if p1.Annotations[wire.SidecarRouterProofEnv] != "" || len(p1.Spec.Containers[len(p1.Spec.Containers)-1].Args) != 3 {
+		t.Error("the proof must be in the env only, not in annotations or args")
 	}
 }

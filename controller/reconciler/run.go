@@ -48,6 +48,12 @@ type Config struct {
 	ResyncPeriod         time.Duration
 	HTTPAddress          string
 
+	// The app container's requests and limits when its template sets none.
+	AppCPURequest    string
+	AppMemoryRequest string
+	AppCPULimit      string
+	AppMemoryLimit   string
+
 	LeaderElect         bool
 	LeaderElectionNS    string
 	LeaderElectionID    string
@@ -74,6 +80,10 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.SidecarPullPolicy, "sidecar-image-pull-policy", envOr("SPAWNER_SIDECAR_IMAGE_PULL_POLICY", string(corev1.PullIfNotPresent)), "imagePullPolicy of the sidecar container: Always, IfNotPresent or Never")
 	fs.StringVar(&c.SidecarCPURequest, "sidecar-cpu-request", "10m", "CPU request of the sidecar container (empty: none)")
 	fs.StringVar(&c.SidecarMemoryRequest, "sidecar-memory-request", "16Mi", "memory request of the sidecar container (empty: none)")
+	fs.StringVar(&c.AppCPURequest, "app-default-cpu-request", "5m", "CPU request of a backend's app container whose template sets no resources (empty: none)")
+	fs.StringVar(&c.AppMemoryRequest, "app-default-memory-request", "32Mi", "memory request of a backend's app container whose template sets no resources (empty: none)")
+	fs.StringVar(&c.AppCPULimit, "app-default-cpu-limit", "1", "CPU limit of a backend's app container whose template sets no resources (empty: none)")
+	fs.StringVar(&c.AppMemoryLimit, "app-default-memory-limit", "512Mi", "memory limit of a backend's app container whose template sets no resources (empty: none)")
 	fs.StringVar(&c.PublicBaseURL, "public-base-url", os.Getenv("SPAWNER_PUBLIC_BASE_URL"), "when set, status.url = <base>/p/<name>/ (env SPAWNER_PUBLIC_BASE_URL)")
 	fs.DurationVar(&c.StartupTimeout, "startup-timeout", 5*time.Minute, "a backend not Ready this long after creation fails (Unschedulable or StartupTimeout); 0 disables")
 	fs.DurationVar(&c.FailedRetention, "failed-retention", 10*time.Minute, "how long a Failed slab is kept before it is deleted (its pod is deleted at once)")
@@ -106,7 +116,9 @@ func (c *Config) Options() (Options, error) {
 	for _, q := range []struct {
 		flag, value string
 		into        *resource.Quantity
-	}{{"sidecar-cpu-request", c.SidecarCPURequest, &o.Sidecar.CPURequest}, {"sidecar-memory-request", c.SidecarMemoryRequest, &o.Sidecar.MemoryRequest}} {
+	}{{"sidecar-cpu-request", c.SidecarCPURequest, &o.Sidecar.CPURequest}, {"sidecar-memory-request", c.SidecarMemoryRequest, &o.Sidecar.MemoryRequest},
+		{"app-default-cpu-request", c.AppCPURequest, &o.AppResources.CPURequest}, {"app-default-memory-request", c.AppMemoryRequest, &o.AppResources.MemoryRequest},
+		{"app-default-cpu-limit", c.AppCPULimit, &o.AppResources.CPULimit}, {"app-default-memory-limit", c.AppMemoryLimit, &o.AppResources.MemoryLimit}} {
 		if q.value == "" {
 			continue
 		}
@@ -115,6 +127,14 @@ func (c *Config) Options() (Options, error) {
 			return o, fmt.Errorf("--%s: %w", q.flag, err)
 		}
 		*q.into = v
+	}
+	for _, p := range []struct {
+		what       string
+		req, limit resource.Quantity
+	}{{"cpu", o.AppResources.CPURequest, o.AppResources.CPULimit}, {"memory", o.AppResources.MemoryRequest, o.AppResources.MemoryLimit}} {
+		if !p.limit.IsZero() && p.req.Cmp(p.limit) > 0 {
+			return o, fmt.Errorf("--app-default-%s-request %s exceeds --app-default-%s-limit %s", p.what, p.req.String(), p.what, p.limit.String())
+		}
 	}
 	if c.Workers < 1 {
 		return o, errors.New("--workers must be at least 1")
