@@ -29,6 +29,7 @@ var slabGVK = spawnerv1.SchemeGroupVersion.WithKind("SessionLivedBackend")
 // Never, and the template's placement and sizing fields.
 func BuildPod(slab *spawnerv1.SessionLivedBackend, sc SidecarOptions) *corev1.Pod {
 	t := slab.Spec.Template.DeepCopy()
+	applyRestrictedDefaults(&t.SecurityContext, t.InitContainers, t.Containers)
 	port := slab.Spec.EffectiveHTTPPort()
 
 	labels := map[string]string{}
@@ -111,6 +112,7 @@ func sidecarContainer(upstream int32, sc SidecarOptions) corev1.Container {
 			{Name: "status", ContainerPort: spawnerv1.SidecarStatusPort, Protocol: corev1.ProtocolTCP},
 		},
 		ImagePullPolicy: sc.PullPolicy,
+		SecurityContext: sidecarSecurityContext(),
 	}
 	req := corev1.ResourceList{}
 	if !sc.CPURequest.IsZero() {
