@@ -25,6 +25,9 @@ type Tracker struct {
 	mu      sync.Mutex
 	sockets map[*Socket]struct{}
 	idle    int // sockets idle at the last check; guarded by mu
+	// idleWake tells WatchIdle that a socket opened or came back from idle,
+	// so that it arms its timer for the time that socket can go idle.
+	idleWake chan struct{}
 
 	subMu sync.Mutex                      // serialises Subscribe/cancel
 	subs  atomic.Pointer[[]*Subscription] // copy-on-write, read lock-free by notify
@@ -33,7 +36,7 @@ type Tracker struct {
 // New returns a tracker; wsIdle 0 disables the WebSocket idle rule. The
 // backend counts as last active at its start.
 func New(wsIdle time.Duration) *Tracker {
-	t := &Tracker{wsIdle: wsIdle, sockets: map[*Socket]struct{}{}}
+	t := &Tracker{wsIdle: wsIdle, sockets: map[*Socket]struct{}{}, idleWake: make(chan struct{}, 1)}
 	t.lastActive.Store(time.Now().UnixNano())
 	t.subs.Store(&[]*Subscription{})
 	return t
@@ -141,7 +144,18 @@ func (t *Tracker) SocketOpened() *Socket {
 	t.mu.Unlock()
 	t.websockets.Add(1)
 	t.notify()
+	t.wakeIdleWatch()
 	return s
+}
+
+func (t *Tracker) wakeIdleWatch() {
+	if t.wsIdle == 0 {
+		return
+	}
+	select {
+	case t.idleWake <- struct{}{}:
+	default:
+	}
 }
 
 // DataSeen records that a data frame passed at now. A socket coming back from
@@ -150,6 +164,7 @@ func (s *Socket) DataSeen(now time.Time) {
 	prev := s.lastData.Swap(now.UnixNano())
 	if s.t.wsIdle > 0 && now.UnixNano()-prev >= int64(s.t.wsIdle) {
 		s.t.CheckIdle()
+		s.t.wakeIdleWatch()
 	}
 }
 
@@ -166,7 +181,7 @@ func (s *Socket) Closed() {
 
 // CheckIdle notifies subscribers when the number of idle WebSockets changed
 // since the last check. Sockets go idle by the passage of time alone, so with
-// the idle rule on something must call this periodically (see WatchIdle).
+// the idle rule on WatchIdle calls it when the next one can.
 func (t *Tracker) CheckIdle() {
 	if t.wsIdle == 0 {
 		return
@@ -181,20 +196,48 @@ func (t *Tracker) CheckIdle() {
 	}
 }
 
-// WatchIdle calls CheckIdle every interval until stop is closed; it returns
-// at once when the idle rule is off.
-func (t *Tracker) WatchIdle(interval time.Duration, stop <-chan struct{}) {
+// nextIdle is the earliest time at which an open socket that is not idle yet
+// can go idle (its last data frame + wsIdle); ok is false when there is none.
+func (t *Tracker) nextIdle(now time.Time) (at time.Time, ok bool) {
+	cutoff := now.Add(-t.wsIdle).UnixNano()
+	var first int64
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for s := range t.sockets {
+		if d := s.lastData.Load(); d > cutoff && (!ok || d < first) {
+			first, ok = d, true
+		}
+	}
+	return time.Unix(0, first).Add(t.wsIdle), ok
+}
+
+// WatchIdle calls CheckIdle whenever an open socket can have gone idle, until
+// stop is closed; it returns at once when the idle rule is off. Its timer is
+// armed only while a socket is open and not idle yet, for the earliest time
+// one can go idle: a sidecar without live WebSockets makes no wake-ups for it
+// (a 250 ms ticker did before, four wake-ups a second whatever the state).
+// A socket that carries data keeps moving its time forward; the timer then
+// fires at most once per wsIdle and finds nothing to do.
+func (t *Tracker) WatchIdle(stop <-chan struct{}) {
 	if t.wsIdle == 0 {
 		return
 	}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
 	for {
+		t.CheckIdle()
+		var fire <-chan time.Time
+		if at, ok := t.nextIdle(time.Now()); ok {
+			timer.Reset(time.Until(at))
+			fire = timer.C
+		}
 		select {
 		case <-stop:
 			return
-		case <-tick.C:
-			t.CheckIdle()
+		case <-t.idleWake:
+			timer.Stop()
+		case <-fire:
 		}
 	}
 }

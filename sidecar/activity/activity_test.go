@@ -133,6 +133,52 @@ func TestIdleWebSockets(t *testing.T) {
 	}
 }
 
+// WatchIdle announces a socket going idle when its time is up, not at the
+// next tick of a poll, and has no timer while no socket can go idle.
+func TestWatchIdleFiresAtTheSocketsTime(t *testing.T) {
+	const wsIdle = 60 * time.Millisecond
+	tr := New(wsIdle)
+	stop := make(chan struct{})
+	defer close(stop)
+	go tr.WatchIdle(stop)
+	sub, cancel := tr.Subscribe()
+	defer cancel()
+	for round := range 3 {
+		ws := tr.SocketOpened()
+		opened := time.Now()
+		<-sub.C
+		for tr.Snapshot().LiveConnections != 0 {
+			select {
+			case <-sub.C:
+			case <-time.After(time.Second):
+				t.Fatalf("round %d: the socket never went idle", round)
+			}
+		}
+		// Announced at wsIdle; a 250 ms poll announced it at its next tick.
+		if d := time.Since(opened); d < wsIdle || d > wsIdle+100*time.Millisecond {
+			t.Errorf("round %d: idle announced after %s, want %s", round, d, wsIdle)
+		}
+		ws.DataSeen(time.Now()) // back, and it can go idle again
+		<-sub.C
+		back := time.Now()
+		for tr.Snapshot().LiveConnections != 0 {
+			select {
+			case <-sub.C:
+			case <-time.After(time.Second):
+				t.Fatalf("round %d: the socket never went idle again", round)
+			}
+		}
+		if d := time.Since(back); d > wsIdle+100*time.Millisecond {
+			t.Errorf("round %d: idle again announced after %s, want %s", round, d, wsIdle)
+		}
+		ws.Closed()
+		<-sub.C
+	}
+	if _, ok := tr.nextIdle(time.Now()); ok {
+		t.Error("a deadline remains with no socket open")
+	}
+}
+
 func BenchmarkRequest(b *testing.B) {
 	tr := New(0)
 	_, cancel := tr.Subscribe()

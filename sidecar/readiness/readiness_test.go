@@ -61,7 +61,7 @@ func TestWatchRealSocket(t *testing.T) {
 	states := make(chan bool, 100)
 	stop := make(chan struct{})
 	defer close(stop)
-	go Watch("/proc/net", port, 20*time.Millisecond, 50*time.Millisecond, func(b bool) { states <- b }, stop)
+	go Watch("/proc/net", port, Schedule{Fast: 20 * time.Millisecond, Slow: 50 * time.Millisecond, Max: 50 * time.Millisecond}, func(b bool) { states <- b }, stop)
 	waitFor := func(want bool, within time.Duration) time.Duration {
 		t.Helper()
 		start := time.Now()
@@ -90,6 +90,63 @@ func TestWatchRealSocket(t *testing.T) {
 	}
 	l.Close()
 	waitFor(false, time.Second)
+}
+
+// Once the app listens the checks back off: Slow, then doubling to Max.
+// Each is a wake-up and a read of the tables, which an idle sidecar must not
+// pay every second (docs/sidecar.md, Idle cost).
+func TestWatchBacksOffWhileListening(t *testing.T) {
+	dir := t.TempDir()
+	listening := header + "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1\n"
+	os.WriteFile(filepath.Join(dir, "tcp"), []byte(listening), 0o644)
+	checks := make(chan time.Time, 1000)
+	stop := make(chan struct{})
+	go Watch(dir, 8080, Schedule{Fast: 5 * time.Millisecond, Slow: 20 * time.Millisecond, Max: 160 * time.Millisecond},
+		func(bool) { checks <- time.Now() }, stop)
+	time.Sleep(time.Second)
+	close(stop)
+	n := len(checks)
+	// 0, 20, 60, 140, 300, 460, 620, 780, 940 ms: 9 checks; a flat Slow
+	// interval would have made 50.
+	if n < 5 || n > 12 {
+		t.Fatalf("%d checks in 1 s, want about 9", n)
+	}
+	var gaps []time.Duration
+	prev := <-checks
+	for range n - 1 {
+		c := <-checks
+		gaps = append(gaps, c.Sub(prev).Round(time.Millisecond))
+		prev = c
+	}
+	t.Logf("intervals %v", gaps)
+	if gaps[0] >= gaps[len(gaps)-1] {
+		t.Errorf("intervals do not grow: %v", gaps)
+	}
+}
+
+// An app that stops listening brings the checks back to Fast at once.
+func TestWatchFastAgainAfterNotListening(t *testing.T) {
+	dir := t.TempDir()
+	table := filepath.Join(dir, "tcp")
+	os.WriteFile(table, []byte(header+"   0: 0100007F:1F90 00000000:0000 0A 0 0 0 0 0 1\n"), 0o644)
+	states := make(chan bool, 1000)
+	stop := make(chan struct{})
+	defer close(stop)
+	go Watch(dir, 8080, Schedule{Fast: 5 * time.Millisecond, Slow: 50 * time.Millisecond, Max: 50 * time.Millisecond},
+		func(b bool) { states <- b }, stop)
+	if !<-states {
+		t.Fatal("listener not seen")
+	}
+	os.WriteFile(table, []byte(header), 0o644)
+	for <-states {
+	}
+	start := time.Now()
+	os.WriteFile(table, []byte(header+"   0: 0100007F:1F90 00000000:0000 0A 0 0 0 0 0 1\n"), 0o644)
+	for !<-states {
+	}
+	if d := time.Since(start); d > 45*time.Millisecond {
+		t.Errorf("listener seen again after %s: not polling at Fast", d)
+	}
 }
 
 func BenchmarkListeningHostTable(b *testing.B) {

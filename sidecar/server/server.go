@@ -45,12 +45,12 @@ type Config struct {
 	Log         *log.Logger
 }
 
-// Readiness polling: fast until the app listens, then slow to notice it going.
-const (
-	readyPollFast = 20 * time.Millisecond
-	readyPollSlow = time.Second
-	idleCheck     = 250 * time.Millisecond
-)
+// Readiness: the socket tables are read every 20 ms until the app listens,
+// then after 1 s, doubling to 2 min while it keeps listening (an idle sidecar
+// then wakes for it about once per forced GC cycle, which the Go runtime runs
+// every 2 min anyway). During the drain they are read every 20 ms, since
+// the app closing its listener is what normally ends it.
+var readySchedule = readiness.Schedule{Fast: 20 * time.Millisecond, Slow: time.Second, Max: 2 * time.Minute}
 
 // Run serves until ctx ends, then drains: it keeps proxying until nothing is
 // in flight and the app has stopped listening, or Drain has passed.
@@ -80,8 +80,8 @@ func Run(ctx context.Context, c Config) error {
 
 	stop := make(chan struct{})
 	defer close(stop)
-	go readiness.Watch(c.ProcNet, c.UpstreamPort, readyPollFast, readyPollSlow, tracker.SetReady, stop)
-	go tracker.WatchIdle(idleCheck, stop)
+	go readiness.Watch(c.ProcNet, c.UpstreamPort, readySchedule, tracker.SetReady, stop)
+	go tracker.WatchIdle(stop)
 
 	statusCtx, stopStatus := context.WithCancel(context.Background())
 	defer stopStatus()
@@ -102,7 +102,10 @@ func Run(ctx context.Context, c Config) error {
 	}
 
 	logger.Printf("sidecar: draining for up to %s", c.Drain)
-	drain(tracker, c.Drain)
+	drain(tracker, c.Drain, func() bool {
+		ready, _ := readiness.Listening(c.ProcNet, c.UpstreamPort)
+		return ready
+	})
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	err = px.Shutdown(shutdownCtx)
@@ -117,12 +120,15 @@ func Run(ctx context.Context, c Config) error {
 
 // drain waits until the app is gone and nothing is live, or for at most d.
 // Until then the public port keeps accepting: in Kubernetes the endpoints may
-// still route new requests for a moment after SIGTERM.
-func drain(t *activity.Tracker, d time.Duration) {
+// still route new requests for a moment after SIGTERM. listening reads the
+// socket tables afresh: the watcher may be minutes into its back-off, so the
+// drain checks every readySchedule.Fast itself, for at most d.
+func drain(t *activity.Tracker, d time.Duration, listening func() bool) {
 	deadline := time.Now().Add(d)
 	sub, unsubscribe := t.Subscribe()
 	defer unsubscribe()
 	for {
+		t.SetReady(listening())
 		s := t.Snapshot()
 		if !s.Ready && s.InFlightRequests == 0 && s.WebSockets == 0 {
 			return
@@ -133,7 +139,7 @@ func drain(t *activity.Tracker, d time.Duration) {
 		}
 		select {
 		case <-sub.C:
-		case <-time.After(min(wait, readyPollSlow)):
+		case <-time.After(min(wait, readySchedule.Fast)):
 		}
 	}
 }
