@@ -139,6 +139,13 @@ func (s *Server) spawnResponse(r *http.Request, slab *spawnerv1.SessionLivedBack
 }
 
 func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
+	tok, _ := bearer(r) // authed checked it
+	tid := tokenID(tok)
+	if le := s.limits.allow(tid); le != nil {
+		s.log.Info("spawn refused: rate limit", "tokenID", tid, "retryAfter", le.retryAfter)
+		le.write(w)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, MaxSpawnBody)
 	salt := newSalt()
 	req, slab, rerr := parseSpawn(r.Body, s.cfg.BackendNamespace, salt, hashToken(s.creds.access.token(salt)))
@@ -146,6 +153,16 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 		s.metrics.spawnInvalid.Inc()
 		writeError(w, rerr.status, rerr.msg)
 		return
+	}
+	slab.Labels[LabelTokenID] = tid
+	// The cap applies to new backends only: asking again for a key that has
+	// a live backend hands that one out.
+	if req.Key == "" || oldestLive(s.slabsForKey(req.Key)) == nil {
+		if le := s.limits.admit(tid); le != nil {
+			s.log.Info("spawn refused: live-backend cap", "tokenID", tid)
+			le.write(w)
+			return
+		}
 	}
 	var (
 		got     *spawnerv1.SessionLivedBackend
@@ -179,6 +196,7 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	}
 	code := http.StatusOK
 	if spawned {
+		s.limits.created(tid, got.Namespace+"/"+got.Name)
 		code = http.StatusCreated
 		s.metrics.spawnCreated.Inc()
 		s.log.Info("backend spawned", "name", got.Name, "image", req.Image, "key", req.Key)

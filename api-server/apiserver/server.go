@@ -47,6 +47,7 @@ type Server struct {
 	upstreamPort string
 
 	watchers *watchers
+	limits   *spawnLimits
 	metrics  *serverMetrics
 	proxy    *routerProxy
 
@@ -105,7 +106,7 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 	ns := cfg.BackendNamespace
 	s.slabFactory = externalversions.NewSharedInformerFactoryWithOptions(slabs, 0, externalversions.WithNamespace(ns))
 	s.slabInf = s.slabFactory.Spawner().V1().SessionLivedBackends().Informer()
-	if err := s.slabInf.AddIndexers(cache.Indexers{indexKeyHash: func(obj any) ([]string, error) {
+	if err := s.slabInf.AddIndexers(cache.Indexers{indexTokenID: tokenIndexer, indexKeyHash: func(obj any) ([]string, error) {
 		slab, ok := obj.(*spawnerv1.SessionLivedBackend)
 		if !ok || slab.Labels[spawnerv1.LabelKeyHash] == "" {
 			return nil, nil
@@ -146,6 +147,10 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 		return obj, nil
 	})
 
+	if cfg.MaxBackendsPerToken < 0 || cfg.SpawnRatePerToken < 0 || cfg.SpawnBurstPerToken < 0 {
+		return nil, errors.New("--max-backends-per-token, --spawn-rate-per-token and --spawn-burst-per-token must not be negative")
+	}
+	s.limits = newSpawnLimits(cfg.SpawnRatePerToken, cfg.SpawnBurstPerToken, cfg.MaxBackendsPerToken, s.slabInf)
 	s.metrics = newServerMetrics(s)
 	s.proxy = newRouterProxy(s)
 	return s, nil
