@@ -49,7 +49,7 @@ func run() error {
 	fs.DurationVar(&cfg.BackoffMax, "reconnect-max", 5*time.Second, "longest delay between attempts to reopen a status stream")
 	fs.DurationVar(&cfg.StartupRetry, "startup-retry", 50*time.Millisecond, "delay between attempts to open a new backend's first status stream (its sidecar is starting)")
 	fs.DurationVar(&cfg.StartupWindow, "startup-window", time.Minute, "how long a new backend's first stream is retried at --startup-retry before backing off")
-	fs.DurationVar(&cfg.ReadIdle, "stream-idle-timeout", 35*time.Second, "drop and reopen a status stream silent this long (the sidecar sends keep-alives every 15s)")
+	fs.DurationVar(&cfg.ReadIdle, "stream-idle-timeout", 150*time.Second, "drop and reopen a status stream silent this long (the sidecar sends keep-alives every 60s; a path dropping packets is found by TCP keep-alive within 30s)")
 	fs.BoolVar(&verbose, "v", false, "debug logging")
 	fs.Parse(os.Args[1:])
 	if cfg.NodeName == "" {

@@ -22,7 +22,13 @@ const (
 	// this long and go out as one event with the latest state. The first
 	// change after a quiet period, and any readiness flip, go out at once.
 	MinEventInterval = 200 * time.Millisecond
-	KeepAliveEvery   = 15 * time.Second
+	// KeepAliveEvery spaces the ": keep-alive" comments of an idle stream.
+	// Each one wakes the sidecar and the sweeper, and the Go runtime's
+	// monitor thread around it: at 15 s they were most of an idle sidecar's
+	// remaining wake-ups (docs/sidecar.md, Idle cost). The sweeper finds a
+	// dead network path by TCP keep-alive, which costs neither process a
+	// wake-up; the comment only proves the sidecar process still writes.
+	KeepAliveEvery = time.Minute
 )
 
 // Handler serves /_events, /healthz and /metrics.

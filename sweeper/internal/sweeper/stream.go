@@ -36,11 +36,20 @@ func (c *deadlineConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// streamKeepAlive is the TCP keep-alive of every stream: after 15 s without a
+// packet from the sidecar the kernel probes every 5 s, and 3 unanswered probes
+// fail the stream's read. That finds a network path that drops packets
+// within 30 s without waking either process: the probes and their answers
+// are the kernels' business. The sidecar's own keep-alive comment is
+// therefore rare (once a minute), and readIdle only catches a sidecar whose
+// kernel answers but whose process no longer writes.
+var streamKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3}
+
 // openStream connects to addr and reads the response header; readIdle is the
-// longest silence tolerated (the sidecar sends a keep-alive every 15 s).
+// longest silence tolerated (the sidecar sends a keep-alive every 60 s).
 // Cancelling ctx closes the stream.
 func openStream(ctx context.Context, addr string, connectTimeout, readIdle time.Duration) (*stream, error) {
-	d := net.Dialer{Timeout: connectTimeout, KeepAlive: 15 * time.Second}
+	d := net.Dialer{Timeout: connectTimeout, KeepAliveConfig: streamKeepAlive}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err

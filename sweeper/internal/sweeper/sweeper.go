@@ -49,7 +49,10 @@ type Config struct {
 	// ConnectTimeout bounds connecting and reading the response header (2 s).
 	ConnectTimeout time.Duration
 	// ReadIdle is the longest silence on a stream before it is dropped and
-	// reopened (35 s: two of the sidecar's 15 s keep-alives and some slack).
+	// reopened (150 s: two of the sidecar's 60 s keep-alives and some slack).
+	// A path that drops packets is found sooner, by TCP keep-alive (30 s,
+	// see streamKeepAlive); this catches a sidecar process that stopped
+	// writing while its kernel still answers.
 	ReadIdle time.Duration
 	// ConfirmTimeout bounds the fresh read made before a sweep (2 s).
 	ConfirmTimeout time.Duration
@@ -73,7 +76,7 @@ func (c *Config) defaults() {
 	def(&c.StartupRetry, 50*time.Millisecond)
 	def(&c.StartupWindow, time.Minute)
 	def(&c.ConnectTimeout, 2*time.Second)
-	def(&c.ReadIdle, 35*time.Second)
+	def(&c.ReadIdle, 150*time.Second)
 	def(&c.ConfirmTimeout, 2*time.Second)
 	def(&c.RetryDelay, time.Second)
 }
