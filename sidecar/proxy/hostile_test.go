@@ -459,6 +459,9 @@ type hostileCase struct {
 	refuse bool // the sidecar must refuse the first request
 	// rfc names the rule the sidecar follows where net/http refuses.
 	rfc string
+	// Settings of this row for the sidecar and for the reference's server.
+	sidecar   func(*proxy.Config)
+	reference func(*http.Server)
 }
 
 func get(path string) string { return "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n" }
@@ -502,6 +505,28 @@ func hostileCases() []hostileCase {
 		{name: "absolute-form without path", steps: one("GET http://example.test:8080?q HTTP/1.1\r\nHost: example.test:8080\r\n\r\n"),
 			check: all(inStep, appSawPrefix("GET /?q host=example.test:8080 "))},
 		{name: "absolute-form with userinfo", refuse: true, check: inStep, steps: one("GET http://u:p@example.test/ HTTP/1.1\r\nHost: x\r\n\r\n")},
+		{name: "stalled request body", refuse: true, steps: one(post("Content-Length: 10\r\n", "abc")),
+			// net/http has no idle-between-reads bound for bodies; its
+			// ReadTimeout (whole request) is the nearest setting.
+			sidecar:   func(c *proxy.Config) { c.BodyIdleTimeout = 300 * time.Millisecond },
+			reference: func(s *http.Server) { s.ReadTimeout = 300 * time.Millisecond },
+			check: func(o *outcome) string {
+				if r := o.resp[0]; r.err == nil && r.status < 400 {
+					return fmt.Sprintf("a stalled body got %d", r.status)
+				}
+				return ""
+			}},
+		{name: "no router proof", refuse: true, steps: one(get("/f")),
+			sidecar: func(c *proxy.Config) { c.RouterProof = "proof" },
+			check: func(o *outcome) string {
+				if o.appSeen != 0 {
+					return fmt.Sprintf("the app saw %q", o.appSaw)
+				}
+				return ""
+			}},
+		{name: "router proof never forwarded", steps: one("GET /f HTTP/1.1\r\nHost: x\r\nSpawner-Router-Proof: proof\r\n\r\n"),
+			sidecar: func(c *proxy.Config) { c.RouterProof = "proof" },
+			check:   all(inStep, appSawPrefix(`GET /f host=x body="" trailers=[] proof=""`))},
 		{name: "request trailers", steps: one(post("Transfer-Encoding: chunked\r\nTrailer: X-Sum\r\n",
 			"3\r\nabc\r\n0\r\nX-Sum: 1\r\nHost: evil\r\nContent-Length: 9\r\nTransfer-Encoding: gzip\r\nSpawner-Router-Proof: forged\r\n\r\n")),
 			check: all(inStep, appSawPrefix(`POST /p host=x body="abc" trailers=[X-Sum] proof=""`))},
@@ -582,15 +607,19 @@ func appSawPrefix(prefix string) func(*outcome) string {
 }
 
 // sidecarFront serves the sidecar's proxy in front of upstream.
-func sidecarFront(t *testing.T, upstream string) string {
+func sidecarFront(t *testing.T, upstream string, tc hostileCase) string {
 	tracker := activity.New(0)
-	return serve(t, proxy.New(proxy.Config{Upstream: upstream, Tracker: tracker,
-		Metrics: proxy.NewMetrics(metrics.NewRegistry(), tracker), MaxIdle: 8}))
+	c := proxy.Config{Upstream: upstream, Tracker: tracker,
+		Metrics: proxy.NewMetrics(metrics.NewRegistry(), tracker), MaxIdle: 8}
+	if tc.sidecar != nil {
+		tc.sidecar(&c)
+	}
+	return serve(t, proxy.New(c))
 }
 
 // referenceFront serves httputil.ReverseProxy in front of upstream, with a
 // transport of its own so no connection is shared between rows.
-func referenceFront(t *testing.T, upstream string) string {
+func referenceFront(t *testing.T, upstream string, tc hostileCase) string {
 	target := &url.URL{Scheme: "http", Host: upstream}
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
@@ -603,6 +632,9 @@ func referenceFront(t *testing.T, upstream string) string {
 		ErrorLog:  log.New(io.Discard, "", 0),
 	})
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	if tc.reference != nil {
+		tc.reference(srv.Config)
+	}
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String()
@@ -612,7 +644,7 @@ func TestHostileTrafficAgainstReference(t *testing.T) {
 	for _, tc := range hostileCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			run := func(front func(*testing.T, string) string) *outcome {
+			run := func(front func(*testing.T, string, hostileCase) string) *outcome {
 				var l appLog
 				var upstream string
 				if tc.app == nil {
@@ -620,7 +652,7 @@ func TestHostileTrafficAgainstReference(t *testing.T) {
 				} else {
 					upstream = scriptedApp(t, &l, tc.app)
 				}
-				return drive(t, front(t, upstream), tc.steps, &l)
+				return drive(t, front(t, upstream, tc), tc.steps, &l)
 			}
 			side, ref := run(sidecarFront), run(referenceFront)
 			if msg := tc.check(side); msg != "" {
