@@ -15,6 +15,7 @@ type target struct {
 	namespace string
 	slab      string // the SessionLivedBackend's name (pod label spawner.dev/backend)
 	addr      string // podIP:statusPort
+	proof     string // the pod's router proof, sent with every request to the sidecar ("" for none)
 	grace     time.Duration
 }
 
@@ -121,9 +122,9 @@ func (b *backend) run() {
 // whether it delivered any event (a working connection resets the backoff).
 func (b *backend) streamOnce() (got bool, err error) {
 	b.mu.Lock()
-	addr := b.t.addr
+	addr, proof := b.t.addr, b.t.proof
 	b.mu.Unlock()
-	st, err := openStream(b.ctx, addr, b.s.cfg.ConnectTimeout, b.s.cfg.ReadIdle)
+	st, err := openStreamWithProof(b.ctx, addr, proof, b.s.cfg.ConnectTimeout, b.s.cfg.ReadIdle)
 	if err != nil {
 		return false, err
 	}
@@ -241,7 +242,7 @@ func (b *backend) fire(gen uint64) {
 
 	// The slab is read while the sidecar is confirmed, saving a round trip.
 	prefetch := b.s.prefetchSlab(b.ctx, t)
-	ev, err := readOnce(b.ctx, t.addr, b.s.cfg.ConfirmTimeout)
+	ev, err := readOnce(b.ctx, t.addr, t.proof, b.s.cfg.ConfirmTimeout)
 	if err != nil {
 		// Not readable now: not idle as far as we know. Drop the stream
 		// (it may be a silent dead one) and decide again from a new one.

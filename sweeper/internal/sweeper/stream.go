@@ -8,7 +8,10 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"strings"
 	"time"
+
+	"spawner.dev/common/wire"
 )
 
 // stream is one open GET /_events on a sidecar's status port.
@@ -47,8 +50,16 @@ var streamKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, 
 
 // openStream connects to addr and reads the response header; readIdle is the
 // longest silence tolerated (the sidecar sends a keep-alive every 60 s).
-// Cancelling ctx closes the stream.
+// Cancelling ctx closes the stream. It is openStreamWithProof for a sidecar
+// without a router proof.
 func openStream(ctx context.Context, addr string, connectTimeout, readIdle time.Duration) (*stream, error) {
+	return openStreamWithProof(ctx, addr, "", connectTimeout, readIdle)
+}
+
+// openStreamWithProof is openStream that sends proof, the pod's router
+// proof, when it is not empty: a sidecar that has one answers 403 to a
+// request without it.
+func openStreamWithProof(ctx context.Context, addr, proof string, connectTimeout, readIdle time.Duration) (*stream, error) {
 	d := net.Dialer{Timeout: connectTimeout, KeepAliveConfig: streamKeepAlive}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -61,7 +72,17 @@ func openStream(ctx context.Context, addr string, connectTimeout, readIdle time.
 		return nil, err
 	}
 	conn.SetDeadline(time.Now().Add(connectTimeout))
-	req := "GET /_events HTTP/1.1\r\nHost: " + addr + "\r\nAccept: text/event-stream\r\nUser-Agent: spawner-sweeper\r\n\r\n"
+	req := "GET /_events HTTP/1.1\r\nHost: " + addr + "\r\nAccept: text/event-stream\r\nUser-Agent: spawner-sweeper\r\n"
+	if proof != "" {
+		// The value comes from the pod spec; it is base64url as the controller
+		// draws it, but anything that could end the header line is refused
+		// rather than written.
+		if strings.ContainsAny(proof, "\r\n") {
+			return fail(fmt.Errorf("the pod's router proof contains a line break"))
+		}
+		req += wire.HeaderRouterProof + ": " + proof + "\r\n"
+	}
+	req += "\r\n"
 	if _, err := io.WriteString(conn, req); err != nil {
 		return fail(err)
 	}
@@ -96,10 +117,10 @@ func (s *stream) Close() {
 
 // readOnce opens a fresh stream, reads its first event (the sidecar's current
 // state) and closes it: a read of the state that is fresh by construction.
-func readOnce(ctx context.Context, addr string, timeout time.Duration) (Event, error) {
+func readOnce(ctx context.Context, addr, proof string, timeout time.Duration) (Event, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	s, err := openStream(ctx, addr, timeout, timeout)
+	s, err := openStreamWithProof(ctx, addr, proof, timeout, timeout)
 	if err != nil {
 		return Event{}, err
 	}

@@ -27,6 +27,8 @@ import (
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/metrics"
+	"spawner.dev/common/routerproof"
+	"spawner.dev/common/wire"
 	"spawner.dev/generated/clientset/versioned"
 )
 
@@ -161,11 +163,17 @@ func (s *Sweeper) Run(ctx context.Context, kube kubernetes.Interface, ready func
 }
 
 // trimPod drops what the sweeper never reads (managed fields, specs of
-// volumes and the like) so 500 cached pods stay small.
+// volumes and the like) so 500 cached pods stay small. Of the spec it keeps
+// the node and the sidecar container's router proof.
 func trimPod(obj any) (any, error) {
 	if p, ok := obj.(*corev1.Pod); ok {
+		proof := routerproof.FromPod(p, spawnerv1.SidecarContainerName)
 		p.ManagedFields = nil
 		p.Spec = corev1.PodSpec{NodeName: p.Spec.NodeName}
+		if proof != "" {
+			p.Spec.Containers = []corev1.Container{{Name: spawnerv1.SidecarContainerName,
+				Env: []corev1.EnvVar{{Name: wire.SidecarRouterProofEnv, Value: proof}}}}
+		}
 		p.Status.Conditions = nil
 	}
 	return obj, nil
@@ -206,6 +214,7 @@ func (s *Sweeper) targetOf(pod *corev1.Pod) (target, bool) {
 		namespace: pod.Namespace,
 		slab:      slab,
 		addr:      net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(s.cfg.StatusPort)),
+		proof:     routerproof.FromPod(pod, spawnerv1.SidecarContainerName),
 		grace:     gracePeriod(pod),
 	}, true
 }
@@ -240,7 +249,7 @@ func (s *Sweeper) syncPod(obj any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.backends[key]
-	if b != nil && (!follow || b.t.uid != t.uid || b.t.addr != t.addr || b.t.slab != t.slab) {
+	if b != nil && (!follow || b.t.uid != t.uid || b.t.addr != t.addr || b.t.proof != t.proof || b.t.slab != t.slab) {
 		delete(s.backends, key)
 		b.stop()
 		b = nil

@@ -21,6 +21,7 @@ import (
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/wire"
 	"spawner.dev/generated/clientset/versioned/fake"
 )
 
@@ -115,6 +116,8 @@ type fakeSidecar struct {
 	subs   map[chan Event]bool
 	mode   string // "", "refuse", "silent"
 	opened int
+	proof  string // when set, required in wire.HeaderRouterProof (403 otherwise), as the sidecar does
+	denied int    // requests refused for want of the proof
 }
 
 func newFakeSidecar(t *testing.T, state Event) *fakeSidecar {
@@ -135,6 +138,13 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 	mode := f.mode
 	f.opened++
 	f.mu.Unlock()
+	if f.proof != "" && r.Header.Get(wire.HeaderRouterProof) != f.proof {
+		f.mu.Lock()
+		f.denied++
+		f.mu.Unlock()
+		http.Error(w, "forbidden", http.StatusForbidden)
+		return
+	}
 	switch mode {
 	case "refuse":
 		conn, _, _ := w.(http.Hijacker).Hijack()
@@ -579,7 +589,7 @@ func TestStreamAgainstRawServer(t *testing.T) {
 		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n", len(body), body)
 		io.Copy(io.Discard, c)
 	}()
-	ev, err := readOnce(context.Background(), ln.Addr().String(), time.Second)
+	ev, err := readOnce(context.Background(), ln.Addr().String(), "", time.Second)
 	if err != nil || !ev.Ready {
 		t.Fatalf("readOnce: %+v %v", ev, err)
 	}
