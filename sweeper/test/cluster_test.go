@@ -11,15 +11,18 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"spawner.dev/common/wire"
 )
 
 const grace = 5 * time.Second
 
 // openWS opens a WebSocket to the demo through the sidecar's public port and
-// checks that a message comes back.
-func openWS(t *testing.T, ip string) *websocket.Conn {
+// checks that a message comes back. proof is the pod's router proof, which
+// the sidecar requires as it would from the router.
+func openWS(t *testing.T, ip, proof string) *websocket.Conn {
 	t.Helper()
-	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s:9090/ws", ip), nil)
+	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s:9090/ws", ip), http.Header{wire.HeaderRouterProof: {proof}})
 	if err != nil {
 		t.Fatalf("WebSocket to %s: %v", ip, err)
 	}
@@ -59,7 +62,7 @@ func TestWebSocketKeepsAliveThenSwept(t *testing.T) {
 	e.startSweeper()
 	e.newSlab("ws", 5)
 	ip := e.ready("ws")
-	c := openWS(t, ip)
+	c := openWS(t, ip, e.proof("ws"))
 	e.assertStaysReady("ws", 20*time.Second)
 	echo(t, c, "still here")
 	closed := closeWS(c)
@@ -77,6 +80,7 @@ func TestSSERequestKeepsAliveThenSwept(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s:9090/sse", ip), nil)
+	req.Header.Set(wire.HeaderRouterProof, e.proof("sse"))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +116,7 @@ func TestRestartedSweeperKeepsDeadline(t *testing.T) {
 	sw := e.startSweeper()
 	e.newSlab("restart", 8)
 	ip := e.ready("restart")
-	c := openWS(t, ip)
+	c := openWS(t, ip, e.proof("restart"))
 	closed := closeWS(c)
 	time.Sleep(3 * time.Second)
 	sw.Kill()
@@ -133,7 +137,7 @@ func TestUnreachableSidecarIsNeverSwept(t *testing.T) {
 	e.startSweeper()
 	e.newSlab("blocked", 5)
 	ip := e.ready("blocked")
-	c := openWS(t, ip)
+	c := openWS(t, ip, e.proof("blocked"))
 	pid := netnsOf(t, ip)
 	// Both directions, so the open stream goes silent (with only inbound
 	// dropped, the sidecar's keep-alives would still arrive).

@@ -30,6 +30,7 @@ import (
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/clustertest"
+	"spawner.dev/common/routerproof"
 	"spawner.dev/generated/clientset/versioned"
 )
 
@@ -235,6 +236,17 @@ func (e *env) ready(name string) string {
 		ip = pod.Status.PodIP
 	}
 	return ip
+}
+
+// proof is the router proof of the backend's pod (the sidecar's env), which
+// a test talking to the sidecar directly must send, as the router does.
+func (e *env) proof(name string) string {
+	e.t.Helper()
+	pod, err := e.kube.CoreV1().Pods(e.ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return routerproof.FromPod(pod, spawnerv1.SidecarContainerName)
 }
 
 // assertStaysReady fails the test if the slab leaves Ready during d.

@@ -22,6 +22,8 @@ import (
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/routerproof"
+	"spawner.dev/common/wire"
 )
 
 var listenAt = regexp.MustCompile(`listening .*\bat=(\S+)`)
@@ -198,13 +200,13 @@ func (e *env) spawnMany(prefix, delay string, n, parallel int) (fromListen, from
 func (e *env) watchFlip(ctx context.Context, name string, out chan<- time.Time) {
 	var flip time.Time
 	defer func() { out <- flip }()
-	ip := ""
+	ip, proof := "", ""
 	for ip == "" {
 		if ctx.Err() != nil {
 			return
 		}
 		if pod, err := e.kube.CoreV1().Pods(e.ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
-			ip = pod.Status.PodIP
+			ip, proof = pod.Status.PodIP, routerproof.FromPod(pod, spawnerv1.SidecarContainerName)
 		}
 		if ip == "" {
 			time.Sleep(20 * time.Millisecond)
@@ -213,6 +215,7 @@ func (e *env) watchFlip(ctx context.Context, name string, out chan<- time.Time) 
 	var resp *http.Response
 	for {
 		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+net.JoinHostPort(ip, "9091")+"/_events", nil)
+		req.Header.Set(wire.HeaderRouterProof, proof)
 		var err error
 		if resp, err = http.DefaultClient.Do(req); err == nil {
 			break
