@@ -84,6 +84,7 @@ type usage struct {
 	volCS   int64 // voluntary context switches (/proc/pid/task/*/status)
 	threads int
 	rssKiB  int64
+	anonKiB int64 // RssAnon: the private part; the binary's pages are shared
 }
 
 func readUsage(t *testing.T, pid int) usage {
@@ -116,6 +117,7 @@ func readUsage(t *testing.T, pid int) usage {
 		u.threads++
 	}
 	u.rssKiB = statusField(fmt.Sprintf("/proc/%d/status", pid), "VmRSS:")
+	u.anonKiB = statusField(fmt.Sprintf("/proc/%d/status", pid), "RssAnon:")
 	return u
 }
 
@@ -153,13 +155,13 @@ func (g *group) start(t *testing.T) {
 type result struct {
 	cpuPctTicks, cpuPctRun float64 // % of one core
 	wakeups, volCS         float64 // per second
-	rssMiB                 float64
+	rssMiB, anonMiB        float64
 	threads                float64
 }
 
 func (g *group) end(t *testing.T, window time.Duration, units int) result {
 	var d usage
-	var rss int64
+	var rss, anon int64
 	threads := 0
 	for i, p := range g.pids {
 		a := readUsage(t, p)
@@ -168,6 +170,7 @@ func (g *group) end(t *testing.T, window time.Duration, units int) result {
 		d.slices += a.slices - g.before[i].slices
 		d.volCS += a.volCS - g.before[i].volCS
 		rss += a.rssKiB
+		anon += a.anonKiB
 		threads += a.threads
 	}
 	sec := window.Seconds()
@@ -178,6 +181,7 @@ func (g *group) end(t *testing.T, window time.Duration, units int) result {
 		wakeups:     float64(d.slices) / sec / n,
 		volCS:       float64(d.volCS) / sec / n,
 		rssMiB:      float64(rss) / 1024 / float64(len(g.pids)),
+		anonMiB:     float64(anon) / 1024 / float64(len(g.pids)),
 		threads:     float64(threads) / float64(len(g.pids)),
 	}
 }
@@ -283,14 +287,14 @@ func TestIdleCost(t *testing.T) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Idle cost: %d backends (app + sidecar each, one GET made through each%s), the sweeper's follower reading all %d status streams; %s settle, then a %s window. Socket table: %d lines.\n\n",
 		n, map[bool]string{true: ", one WebSocket left open through each", false: ""}[withWS], n, settle, window, tcpLines)
-	fmt.Fprintf(&b, "| per idle backend | CPU, %% of a core (utime+stime) | CPU, %% of a core (schedstat run time) | wake-ups/s (times on a CPU) | voluntary switches/s | RSS per process | threads per process |\n")
+	fmt.Fprintf(&b, "| per idle backend | CPU, %% of a core (utime+stime) | CPU, %% of a core (schedstat run time) | wake-ups/s (times on a CPU) | voluntary switches/s | RSS (of it private) per process | threads per process |\n")
 	fmt.Fprintf(&b, "| --- | --- | --- | --- | --- | --- | --- |\n")
 	row := func(name string, r result, rss string) {
 		fmt.Fprintf(&b, "| %s | %.4f%% | %.4f%% | %.3f | %.3f | %s | %.1f |\n", name, r.cpuPctTicks, r.cpuPctRun, r.wakeups, r.volCS, rss, r.threads)
 	}
-	row("app (baseline)", app, fmt.Sprintf("%.1f MiB", app.rssMiB))
-	row("sidecar", side, fmt.Sprintf("%.1f MiB", side.rssMiB))
-	row("sweeper, per followed backend", sw, fmt.Sprintf("%.1f MiB (one process)", sw.rssMiB))
+	row("app (baseline)", app, fmt.Sprintf("%.1f (%.1f) MiB", app.rssMiB, app.anonMiB))
+	row("sidecar", side, fmt.Sprintf("%.1f (%.1f) MiB", side.rssMiB, side.anonMiB))
+	row("sweeper, per followed backend", sw, fmt.Sprintf("%.1f (%.1f) MiB, one process", sw.rssMiB, sw.anonMiB))
 	if app.cpuPctRun > 0 {
 		fmt.Fprintf(&b, "\nSidecar / app CPU (schedstat): %.2f×.\n", side.cpuPctRun/app.cpuPctRun)
 	}
