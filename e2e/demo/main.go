@@ -5,6 +5,9 @@
 // Environment: PORT (set by spawner), DEMO_LISTEN_DELAY_MS (wait before
 // listening, to stand for a slow start), DEMO_EXIT_AFTER_SECONDS and
 // DEMO_EXIT_CODE (exit on purpose, to stand for a crash).
+//
+// `spawner-demo probe URL...` is a second mode for tests: it GETs each URL,
+// prints the outcomes and exits (see package probe).
 package main
 
 import (
@@ -20,9 +23,17 @@ import (
 	"time"
 
 	"spawner.dev/e2e/demo/chat"
+	"spawner.dev/e2e/demo/probe"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "probe" {
+		if err := probe.Run(os.Stdout, os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "probe:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
