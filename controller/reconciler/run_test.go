@@ -27,7 +27,8 @@ func TestFlagDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if o.Sidecar.Image != DefaultSidecarImage || o.Sidecar.PullPolicy != corev1.PullIfNotPresent ||
-		o.StartupTimeout != 5*time.Minute || o.FailedRetention != 10*time.Minute || o.Sidecar.CPURequest.String() != "10m" {
+		o.StartupTimeout != 5*time.Minute || o.FailedRetention != 10*time.Minute || o.Sidecar.CPURequest.String() != "1m" ||
+		o.Sidecar.MemoryRequest.String() != "4Mi" {
 		t.Errorf("defaults %+v", o)
 	}
 	if !c.LeaderElect || c.LeaderElectionID != "spawner-controller" || c.Kube.QPS <= 5 || c.Workers < 1 {
