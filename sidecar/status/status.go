@@ -36,7 +36,7 @@ type Handler struct {
 	Tracker *activity.Tracker
 	Metrics http.Handler
 	// RouterProof, when set, is required in the wire.HeaderRouterProof
-	// header of /_events and /metrics requests (403 otherwise): the sweeper
+	// header of every request but /healthz (403 otherwise): the sweeper
 	// sends it, other pods cannot. /healthz stays open (it tells nothing).
 	// Empty: no check (tests, benches, a sidecar run by hand).
 	RouterProof string
@@ -45,18 +45,17 @@ type Handler struct {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/healthz" && !h.allowed(w, r) {
+		return // every path but /healthz, unknown ones too: a stranger learns nothing
+	}
 	switch r.URL.Path {
 	case "/_events":
-		if h.allowed(w, r) {
-			h.events(w, r)
-		}
+		h.events(w, r)
 	case "/healthz":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
 	case "/metrics":
-		if h.allowed(w, r) {
-			h.Metrics.ServeHTTP(w, r)
-		}
+		h.Metrics.ServeHTTP(w, r)
 	default:
 		http.NotFound(w, r)
 	}

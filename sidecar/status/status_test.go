@@ -244,8 +244,8 @@ func TestBlockFileClosesThePort(t *testing.T) {
 	waitUntil(true)
 }
 
-// With a router proof configured, /_events and /metrics answer 403 without
-// exactly that value in Spawner-Router-Proof (and never start a stream);
+// With a router proof configured, /_events, /metrics and any other path but
+// /healthz answer 403 without exactly that value in Spawner-Router-Proof (and never start a stream);
 // /healthz stays open.
 func TestRouterProofGuardsEventsAndMetrics(t *testing.T) {
 	const proof = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
@@ -265,7 +265,7 @@ func TestRouterProofGuardsEventsAndMetrics(t *testing.T) {
 		defer resp.Body.Close()
 		return resp.StatusCode, resp.Header.Get("Content-Type")
 	}
-	for _, path := range []string{"/_events", "/metrics"} {
+	for _, path := range []string{"/_events", "/metrics", "/", "/unknown"} {
 		for _, vs := range [][]string{nil, {""}, {"wrong"}, {proof[:len(proof)-1]}, {proof + "x"}, {"wrong", proof}, {proof, proof}} {
 			if code, ct := do(path, vs...); code != 403 || ct == "text/event-stream" {
 				t.Errorf("%s with proof %q: %d %s, want 403", path, vs, code, ct)
