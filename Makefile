@@ -81,6 +81,14 @@ bench-e2e: ## spawn latency vs raw pods, burst, idle→swept delay; writes docs/
 	scripts/deploy.sh
 	SPAWNER_BENCH_REPORT=$(CURDIR)/docs/benchmarks.md go test -count=1 -tags cluster -timeout 60m -v -run TestSpawnLatencyAgainstRawPods ./e2e/bench/
 
+# DENSITY_CAP (200) bounds the backends spawned; the report lands in docs/density.md.
+DENSITY_CAP ?= 200
+.PHONY: bench-density
+bench-density: ## fill the local node with idle backends (20 at a time, cap DENSITY_CAP): count, per-backend CPU/memory at rest, sweep delay; writes docs/density.md
+	scripts/deploy.sh
+	SPAWNER_BENCH_DENSITY=1 SPAWNER_BENCH_DENSITY_CAP=$(DENSITY_CAP) SPAWNER_BENCH_DENSITY_REPORT=$(CURDIR)/docs/density.md \
+		go test -count=1 -tags cluster -timeout 60m -v -run TestDensity ./e2e/bench/
+
 .PHONY: cluster-up
 cluster-up: ## a real single-node cluster: kind when Docker works, otherwise built from source here
 	scripts/cluster-up.sh
