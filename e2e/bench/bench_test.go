@@ -107,7 +107,7 @@ func TestSpawnLatencyAgainstRawPods(t *testing.T) {
 	var report strings.Builder
 	fmt.Fprintf(&report, "# Spawn benchmarks\n\nWritten by `make bench-e2e` (e2e/bench) on %s against the spawner deployed by scripts/deploy.sh. "+
 		"Every spawner figure is measured side by side with raw Pods of the same image (localhost/spawner-demo:dev) on the same cluster in the same run; "+
-		"the ratio is what spawner adds on top of Kubernetes. Component figures: docs/sidecar.md, docs/sweeper.md, docs/controller.md, docs/local-cluster.md.\n\n",
+		"the ratio is what spawner adds on top of Kubernetes. Component figures: docs/sidecar.md, docs/sweeper.md, docs/controller.md, docs/local-cluster.md; backends per node and their cost at rest: docs/density.md (`make bench-density`).\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04 MST"))
 
 	tl := watchTimeline(t, e, ns, framework.BackendNamespace)
