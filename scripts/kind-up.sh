@@ -1,31 +1,127 @@
 #!/usr/bin/env bash
-# kind-up.sh: brings up spawner's cluster with kind (`kind create cluster --name spawner`) and writes
-# its kubeconfig to the same known path as the local cluster: $SPAWNER_CLUSTER_DIR/kubeconfig.
-# Needs a working Docker engine (`docker info`) and kind in PATH. Idempotent. Undo: cluster-down.sh.
+# kind-up.sh: brings up spawner's cluster with kind and writes its kubeconfig to the same known path
+# as the local cluster: $SPAWNER_CLUSTER_DIR/kubeconfig. Idempotent. Undo: cluster-down.sh (make down).
+#
+#   engine  a working `docker info` is used as it is; without one, scripts/kind-docker.sh installs
+#           Debian's docker.io and starts dockerd with its state under $SPAWNER_CLUSTER_DIR.
+#   kind    built from its Go module at the version pinned in scripts/kind/go.mod, into
+#           $SPAWNER_CACHE/bin/kind.
+#   image   SPAWNER_KIND_NODE_IMAGE: unset = kind's published node image when it can be pulled, else
+#           the one built here without a registry (scripts/kind-node-image.sh); "local" = always
+#           the local one; anything else = that image.
+#   nodes   SPAWNER_KIND_NODES (default 1): 1 = one control-plane node that runs everything;
+#           N > 1 = one control-plane node and N-1 workers (spawner's pods go to the workers).
+#   port    the router's NodePort (30081) is also published on 127.0.0.1:$SPAWNER_KIND_ROUTER_PORT
+#           (default 30081) of the host; the node's own address works from the host as well.
+# Timings go to $SPAWNER_CLUSTER_DIR/kind-timings.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-docker_works || die "kind needs a working Docker engine, but 'docker info' fails; use the local cluster instead (SPAWNER_CLUSTER=local scripts/cluster-up.sh)."
-command -v kind >/dev/null 2>&1 || die "kind is not installed (https://kind.sigs.k8s.io/docs/user/quick-start/#installation); or use SPAWNER_CLUSTER=local."
+NODES=${SPAWNER_KIND_NODES:-1}
+ROUTER_NODE_PORT=30081
+HOST_PORT=${SPAWNER_KIND_ROUTER_PORT:-30081}
+case "$NODES" in [1-9]) ;; *) die "SPAWNER_KIND_NODES must be a number of nodes from 1 to 9, not '$NODES'." ;; esac
+case "$HOST_PORT" in *[!0-9]* | "") die "SPAWNER_KIND_ROUTER_PORT must be a port number, not '$HOST_PORT'." ;; esac
 if [ -f "$CD/mode" ] && [ "$(cat "$CD/mode")" != kind ]; then
-	die "a $(cat "$CD/mode") cluster is already set up in $CD; run scripts/cluster-down.sh first."
+	die "a $(cat "$CD/mode") cluster is already set up in $CD; run scripts/cluster-down.sh first (or use another SPAWNER_CLUSTER_DIR)."
 fi
+T0=$SECONDS
 mkdir -p "$CD"
 echo kind >"$CD/mode"
+timing() { echo "$1 $2" >>"$CD/kind-timings"; }
+
+# 1. a Docker engine
+"$SPAWNER_ROOT/scripts/kind-docker.sh" start
+docker_works || die "no working Docker engine (docker info fails) after scripts/kind-docker.sh start; its log: $LOGS/dockerd.log"
+timing engine-s $((SECONDS - T0))
+
+# 2. kind at the pinned version
+KS=$SPAWNER_ROOT/scripts/kind
+KIND_V=$(awk '$1=="sigs.k8s.io/kind" {print $2; exit}' "$KS/go.mod")
+go_ok
+KIND_BIN=$SPAWNER_CACHE/kind/bin/kind-$KIND_V-$(cat "$KS/go.mod" "$KS/go.sum" <(go env GOVERSION) | sha256sum | cut -c1-12)
+if [ ! -x "$KIND_BIN" ]; then
+	mkdir -p "$(dirname "$KIND_BIN")"
+	_build "kind $KIND_V" "$KIND_BIN.log" "$KS" -ldflags "-s -w" -o "$KIND_BIN.tmp" sigs.k8s.io/kind
+	mv "$KIND_BIN.tmp" "$KIND_BIN"
+fi
+mkdir -p "$SPAWNER_CACHE/bin"
+ln -sfn "$KIND_BIN" "$SPAWNER_CACHE/bin/kind"
+export PATH=$SPAWNER_CACHE/bin:$PATH
+# kubectl: the local cluster's build (built once, shared); ensure_binaries only when missing, since
+# it also rewrites the kubectl wrapper's default kubeconfig.
+[ -x "$(bin_dir)/k8s" ] && [ -x "$(bin_dir)/crictl" ] && [ -x "$(bin_dir)/etcd" ] || ensure_binaries
+BIN=$(bin_dir)
+
 if kind get clusters 2>/dev/null | grep -qx "$SPAWNER_KIND_NAME"; then
 	log "kind cluster $SPAWNER_KIND_NAME already exists; reusing it"
 	kind export kubeconfig --name "$SPAWNER_KIND_NAME" --kubeconfig "$KUBECONFIG_PATH" >/dev/null
 else
-	log "creating kind cluster $SPAWNER_KIND_NAME"
-	kind create cluster --name "$SPAWNER_KIND_NAME" --kubeconfig "$KUBECONFIG_PATH" --wait 120s ||
-		die "kind create cluster --name $SPAWNER_KIND_NAME failed (see its output above)"
+	# 3. the node image
+	KIND_MOD=$(cd "$KS" && GOWORK=off go mod download sigs.k8s.io/kind && GOWORK=off go list -m -f '{{.Dir}}' sigs.k8s.io/kind)
+	published=$(awk -F'"' '/const Image/ {print $2}' "$KIND_MOD/pkg/apis/config/defaults/image.go")
+	want=${SPAWNER_KIND_NODE_IMAGE:-}
+	image=
+	case "$want" in
+	local) ;;
+	"")
+		if docker image inspect "$published" >/dev/null 2>&1; then
+			image=$published
+		else
+			log "pulling kind's node image $published"
+			if timeout 600 docker pull "$published" >"$LOGS/docker-pull.log" 2>&1; then
+				image=$published
+			else
+				log "cannot pull $published ($(tail -n1 "$LOGS/docker-pull.log")); using the node image built here"
+			fi
+		fi
+		;;
+	*) image=$want ;;
+	esac
+	t=$SECONDS
+	[ -n "$image" ] || image=$("$SPAWNER_ROOT/scripts/kind-node-image.sh" | tail -n1)
+	[ -n "$image" ] || die "no node image (scripts/kind-node-image.sh printed none)"
+	timing node-image-s $((SECONDS - t))
+	echo "$image" >"$CD/kind-node-image"
+
+	# 4. the cluster
+	cfg=$CD/kind-config.yaml
+	{
+		echo "# generated by scripts/kind-up.sh (SPAWNER_KIND_NODES=$NODES)"
+		echo "kind: Cluster"
+		echo "apiVersion: kind.x-k8s.io/v1alpha4"
+		echo "nodes:"
+		echo "  - role: control-plane"
+		echo "    extraPortMappings:"
+		echo "      - {containerPort: $ROUTER_NODE_PORT, hostPort: $HOST_PORT, listenAddress: 127.0.0.1}"
+		for _ in $(seq 2 "$NODES"); do echo "  - role: worker"; done
+		if [ ! -f /sys/fs/cgroup/cgroup.controllers ]; then
+			# cgroup v1 host: kubelets >= 1.35 refuse to start on it unless told otherwise
+			echo "kubeadmConfigPatches:"
+			echo "  - |"
+			echo "    kind: KubeletConfiguration"
+			echo "    failCgroupV1: false"
+		fi
+	} >"$cfg"
+	log "creating kind cluster $SPAWNER_KIND_NAME ($NODES node(s), image $image)"
+	t=$SECONDS
+	kind create cluster --name "$SPAWNER_KIND_NAME" --image "$image" --config "$cfg" --kubeconfig "$KUBECONFIG_PATH" --wait 180s ||
+		die "kind create cluster --name $SPAWNER_KIND_NAME failed (see its output above; kind export logs --name $SPAWNER_KIND_NAME)"
+	timing create-s $((SECONDS - t))
 fi
 
-KUBECTL=$(command -v kubectl || true)
-if [ -z "$KUBECTL" ]; then ensure_binaries; KUBECTL="$SPAWNER_CACHE/bin/kubectl"; fi
-"$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" wait --for=condition=Ready nodes --all --timeout=120s >/dev/null ||
-	die "the kind node did not become Ready within 120s (see: kind export logs --name $SPAWNER_KIND_NAME)"
-for _ in $(seq 1 60); do "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" -n default get sa default >/dev/null 2>&1 && break; sleep 1; done
-log "kind cluster $SPAWNER_KIND_NAME is up"
+# `kind create --wait` covers the control plane only: wait for every node (workers join later).
+t=$SECONDS
+kc wait --for=condition=Ready nodes --all --timeout=180s >/dev/null ||
+	die "not every kind node became Ready within 180s (kubectl get nodes; kind export logs --name $SPAWNER_KIND_NAME)"
+timing all-nodes-ready-after-create-s $((SECONDS - t))
+# With workers, spawner's pods and the backends belong on them, as on a real cluster.
+if [ "$NODES" -gt 1 ]; then
+	kc taint nodes -l node-role.kubernetes.io/control-plane node-role.kubernetes.io/control-plane=:NoSchedule --overwrite >/dev/null
+fi
+for _ in $(seq 1 60); do kc -n default get sa default >/dev/null 2>&1 && break; sleep 1; done
+timing kind-up-s $((SECONDS - T0))
+log "kind cluster $SPAWNER_KIND_NAME is up ($(kc get nodes --no-headers | wc -l) node(s), image $(cat "$CD/kind-node-image" 2>/dev/null))"
 echo "    kubeconfig: $KUBECONFIG_PATH"
-echo "    use it:     export KUBECONFIG=$KUBECONFIG_PATH; kubectl get nodes"
+echo "    use it:     export KUBECONFIG=$KUBECONFIG_PATH PATH=$SPAWNER_CACHE/bin:\$PATH; kubectl get nodes"
+echo "    router:     NodePort $ROUTER_NODE_PORT on every node, and 127.0.0.1:$HOST_PORT on this host"
