@@ -98,8 +98,7 @@ func discover(cfg *rest.Config) (*Env, error) {
 		return nil, fmt.Errorf("Service spawner-api has no ports")
 	}
 	addr := net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(svc.Spec.Ports[0].Port))
-	if conn, err := net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
-		conn.Close()
+	if isControlAPI(e.HTTP, "http://"+addr) {
 		e.Control = "http://" + addr
 		return e, nil
 	}
@@ -109,6 +108,21 @@ func discover(cfg *rest.Config) (*Env, error) {
 	}
 	e.Control = "http://" + local
 	return e, nil
+}
+
+// isControlAPI says whether spawner's control API answers at base: GET
+// /spawn is 405 there. A successful TCP connect is no proof: on a host whose
+// network hands every unknown address to a proxy (this CI's VMs do), a kind
+// cluster's ClusterIP "answers" with the proxy's 404.
+func isControlAPI(client *http.Client, base string) bool {
+	c := *client
+	c.Timeout = 3 * time.Second
+	resp, err := c.Get(base + "/spawn")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusMethodNotAllowed
 }
 
 var forwarding = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+)`)
