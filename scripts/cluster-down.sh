@@ -8,7 +8,8 @@
 #   sysctls the kubelet and the bridge plugin changed, removes kubepods cgroups and host paths the
 #   components created, and finally deletes $SPAWNER_CLUSTER_DIR.
 #   --keep-state keeps $SPAWNER_CLUSTER_DIR (certificates, etcd data, images, logs) for a faster next up.
-# kind: kind delete cluster --name spawner.
+# kind: kind delete cluster --name spawner, then stops the Docker engine if kind-up started it
+#   (scripts/kind-docker.sh stop: dockerd by its PID, its iptables chains, bridges, FORWARD policy).
 # Safe to run after a half-failed up, or twice. The build cache ($SPAWNER_CACHE) and the Debian
 # packages are kept.
 set -uo pipefail
@@ -30,12 +31,17 @@ if [ ! -d "$CD" ]; then
 fi
 
 if [ "$(cat "$CD/mode" 2>/dev/null)" = kind ]; then
-	if command -v kind >/dev/null 2>&1; then
+	KIND=$(command -v kind || echo "$SPAWNER_CACHE/bin/kind")
+	if ! docker_works; then
+		warn "no working Docker engine: no kind cluster to delete"
+	elif [ -x "$KIND" ] || command -v "$KIND" >/dev/null 2>&1; then
 		log "deleting kind cluster $SPAWNER_KIND_NAME"
-		kind delete cluster --name "$SPAWNER_KIND_NAME" || die "kind delete cluster --name $SPAWNER_KIND_NAME failed"
+		"$KIND" delete cluster --name "$SPAWNER_KIND_NAME" || die "kind delete cluster --name $SPAWNER_KIND_NAME failed"
 	else
 		warn "kind is not installed; cannot delete kind cluster $SPAWNER_KIND_NAME"
 	fi
+	# the Docker engine, only if scripts/kind-docker.sh started it (an existing one is left alone)
+	"$SPAWNER_ROOT/scripts/kind-docker.sh" stop || die "stopping the Docker engine kind-up started failed"
 	rm -rf "$CD"
 	log "kind cluster removed"
 	exit 0

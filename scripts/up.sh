@@ -7,6 +7,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 NS=spawner-system
+export PATH=$SPAWNER_CACHE/bin:$PATH # kind (installed there by kind-up.sh) and kubectl
 "$SPAWNER_ROOT/scripts/cluster-up.sh"
 "$SPAWNER_ROOT/scripts/build-images.sh"
 "$SPAWNER_ROOT/scripts/deploy.sh"
