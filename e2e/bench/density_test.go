@@ -356,12 +356,27 @@ func TestDensity(t *testing.T) {
 		}
 	}
 	sw.mu.Unlock()
+	// As a browser closing a tab's socket does: a close frame, then wait
+	// (at most 2 s) for the app's close reply before the TCP close; all
+	// at once.
 	closed := map[string]time.Time{}
+	var closeWG sync.WaitGroup
 	for name, c := range conns {
-		c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
-		c.Close()
 		closed[name] = time.Now()
+		closeWG.Add(1)
+		go func() {
+			defer closeWG.Done()
+			c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					break
+				}
+			}
+			c.Close()
+		}()
 	}
+	closeWG.Wait()
 	var delays sample
 	missed := 0
 	deadline := time.Now().Add(grace + time.Minute)
