@@ -49,7 +49,7 @@ test: verify test-unit test-cluster ## everything CI runs: verify, unit tests, t
 .PHONY: test-unit
 test-unit: ## unit and loopback integration tests (no cluster needed)
 	go test -count=1 $(PKGS)
-	for m in scripts/imagebuilder; do (cd $$m && GOWORK=off go test -count=1 ./...); done
+	for m in scripts/imagebuilder scripts/kind; do (cd $$m && GOWORK=off go test -count=1 ./...); done
 	$(MAKE) --no-print-directory fuzz-brief
 
 # The sidecar's fuzz targets (request head, response head, chunked bodies).
@@ -110,5 +110,9 @@ down: ## remove everything `make up` created
 	scripts/down.sh
 
 .PHONY: kind-up
-kind-up: ## like `make up`, but always on kind (needs Docker and kind)
+kind-up: ## like `make up`, but always on kind (starts Docker and installs kind when missing; SPAWNER_KIND_NODES=3 for 2 workers)
 	SPAWNER_CLUSTER=kind scripts/up.sh
+
+.PHONY: test-kind
+test-kind: ## e2e on kind with 1 and 3 nodes (multi-node tests included), each followed by `make down` and a leak check; not part of `make test` (docs/kind.md)
+	scripts/test-kind.sh
