@@ -1,0 +1,175 @@
+//go:build cluster
+
+package multinode
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"spawner.dev/common/clustertest"
+	"spawner.dev/e2e/framework"
+)
+
+// docker runs the docker CLI (kind's nodes are containers named after the node).
+func docker(args ...string) (string, error) {
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func waitNodeReady(t *testing.T, e *framework.Env, node string, timeout time.Duration) {
+	t.Helper()
+	clustertest.Eventually(t, timeout, "node "+node+" Ready", func() (bool, error) {
+		n, err := e.Kube.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return nodeReady(n), nil
+	})
+}
+
+// TestWorkerLossFailsItsBackendsAndSparesTheOthers stops a worker's node
+// container mid-session (kind only: `docker stop`). The backends on it end as
+// Failed with a reason and their slabs go; a session on the other worker's
+// backend carries on untouched. Spawner does not move a session to another
+// node: the process and its in-memory state died with the node, so a new
+// spawn is the client's call (docs/kind.md). Once the node is started again
+// the cluster recovers, the lost pods are cleaned up, and new backends land
+// on it again.
+//
+// How long the failure takes is Kubernetes' timing, not spawner's: the node
+// controller marks the node NotReady after its grace period (50 s), and the
+// taint manager evicts the pods once their default not-ready/unreachable
+// toleration (300 s) runs out; the controller fails a backend whose pod is
+// being deleted. Hence the long deadline.
+func TestWorkerLossFailsItsBackendsAndSparesTheOthers(t *testing.T) {
+	e := framework.Deployed(t)
+	workers := schedulableWorkers(t, e)
+	if _, err := exec.LookPath("docker"); err != nil {
+		t.Skip("needs the docker CLI (kind nodes are Docker containers)")
+	}
+	for _, w := range workers {
+		if out, err := docker("inspect", "-f", "{{.State.Running}}", w); err != nil || out != "true" {
+			t.Skipf("node %s is not a running Docker container (%q, %v): not a kind cluster", w, out, err)
+		}
+	}
+	ctx := context.Background()
+
+	// The victim: a worker without the controller, so that the controller
+	// keeps running (a lost controller is a different test).
+	ctrl, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=spawner-controller"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := map[string]bool{}
+	for _, p := range ctrl.Items {
+		busy[p.Spec.NodeName] = true
+	}
+	victim, survivor := "", ""
+	for _, w := range workers {
+		if victim == "" && !busy[w] {
+			victim = w
+		} else if survivor == "" {
+			survivor = w
+		}
+	}
+	if victim == "" || survivor == "" {
+		t.Skipf("every worker runs a controller replica (%v); need one without", busy)
+	}
+	backends := spawnOnEvery(t, e, []string{victim, survivor}, 600)
+
+	// A live session on the survivor's backend, through a router replica on
+	// the survivor (a router on the victim would die with it).
+	apis, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=spawner-api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router := ""
+	for _, p := range apis.Items {
+		if p.Spec.NodeName == survivor && p.DeletionTimestamp == nil {
+			router = p.Name
+		}
+	}
+	if router == "" {
+		t.Skipf("no router replica on %s", survivor)
+	}
+	addr := forwardToPod(t, framework.SystemNamespace, router, 8081)
+	var kept placed
+	var lost []placed
+	for _, b := range backends {
+		if b.Node == survivor && kept.Name == "" {
+			kept = b
+		} else if b.Node == victim {
+			lost = append(lost, b)
+		}
+	}
+	conn, _, err := (&websocket.Dialer{HandshakeTimeout: 10 * time.Second}).Dial(via(t, kept.URL, addr, "/ws", "ws"), nil)
+	if err != nil {
+		t.Fatalf("WebSocket to %s on %s: %v", kept.Name, survivor, err)
+	}
+	defer conn.Close()
+	roundTrip := func(msg string) {
+		t.Helper()
+		if err := conn.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+			t.Fatalf("session on %s: %v", survivor, err)
+		}
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, got, err := conn.ReadMessage(); err != nil || string(got) != msg {
+			t.Fatalf("session on %s: read %q, %v; want %q", survivor, got, err, msg)
+		}
+	}
+	time.Sleep(time.Second) // the room registers its member just after the handshake
+	roundTrip("before")
+
+	start := time.Now()
+	if out, err := docker("stop", victim); err != nil {
+		t.Fatalf("docker stop %s: %v: %s", victim, err, out)
+	}
+	restarted := false
+	restart := func() {
+		if restarted {
+			return
+		}
+		restarted = true
+		if out, err := docker("start", victim); err != nil {
+			t.Errorf("docker start %s: %v: %s", victim, err, out)
+		}
+	}
+	t.Cleanup(restart)
+
+	for _, b := range lost {
+		seen := e.WaitForState(t, b.Name, "Failed", 10*time.Minute)
+		last := seen[len(seen)-1]
+		if last.Reason == "" || last.Message == "" {
+			t.Errorf("backend %s on the lost node failed without a reason: %+v", b.Name, last)
+		}
+		t.Logf("backend %s on %s: Failed %v after docker stop (%s: %s)", b.Name, victim, time.Since(start).Round(time.Second), last.Reason, last.Message)
+	}
+	for _, b := range lost {
+		clustertest.Eventually(t, 2*time.Minute, "slab "+b.Name+" deleted", func() (bool, error) {
+			_, err := e.Spawner.SpawnerV1().SessionLivedBackends(framework.BackendNamespace).Get(ctx, b.Name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+	}
+	// The other worker's backend did not notice.
+	roundTrip("after")
+	slab, err := e.Spawner.SpawnerV1().SessionLivedBackends(framework.BackendNamespace).Get(ctx, kept.Name, metav1.GetOptions{})
+	if err != nil || slab.Status.Phase != "Ready" {
+		t.Fatalf("the survivor's backend %s: phase %v, %v; want Ready", kept.Name, slab.Status.Phase, err)
+	}
+
+	// Recovery: the node comes back, its lost pods are cleaned up, and it takes new backends.
+	restart()
+	waitNodeReady(t, e, victim, 3*time.Minute)
+	t.Logf("node %s Ready again %v after docker start", victim, time.Since(start).Round(time.Second))
+	for _, b := range lost {
+		e.WaitGone(t, b.Name, 3*time.Minute)
+	}
+	spawnOnEvery(t, e, []string{victim}, 5)
+}
