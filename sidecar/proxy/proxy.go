@@ -148,6 +148,18 @@ type tunnel struct {
 	client, app net.Conn
 	socket      *activity.Socket
 	finished    atomic.Int32
+	// closeFrames counts the directions whose close frame has passed; at two
+	// the close handshake is complete and the WebSocket is over for activity,
+	// whenever the TCP connections go (RFC 6455 §7.1.1).
+	closeFrames atomic.Int32
+	ended       atomic.Bool
+}
+
+// end tells the tracker the WebSocket is over, once.
+func (t *tunnel) end() {
+	if t.ended.CompareAndSwap(false, true) {
+		t.socket.Closed()
+	}
 }
 
 func (t *tunnel) pump(src, dst net.Conn, early []byte, d *direction) {
@@ -160,7 +172,11 @@ func (t *tunnel) pump(src, dst net.Conn, early []byte, d *direction) {
 			t.socket.DataSeen(time.Now())
 			return
 		}
+		wasClosed := parser.Closed()
 		c := parser.Feed(b)
+		if !wasClosed && parser.Closed() && t.closeFrames.Add(1) == 2 {
+			t.end()
+		}
 		d.frames.Add(uint64(c.Frames))
 		d.messages.Add(uint64(c.Messages))
 		if c.Carried() || !parser.Interpreting() {
@@ -195,7 +211,7 @@ func (t *tunnel) pump(src, dst net.Conn, early []byte, d *direction) {
 	}
 	t.client.Close()
 	t.app.Close()
-	t.socket.Closed()
+	t.end()
 }
 
 // upstreamConn is one connection to the app. Its buffers are held only

@@ -404,6 +404,80 @@ func TestWebSocketEchoCountsAndClose(t *testing.T) {
 	}
 }
 
+// A WebSocket ends when its close handshake completes (RFC 6455 §7.1.1: a
+// close frame sent and received), not when the TCP connections are torn down.
+// Under load, or with an app that is slow to close its end after replying,
+// the teardown lagged the handshake by up to halfCloseGrace (10 s), and with
+// 200 backends closed at once sweeps came 10-12 s past grace (docs/density.md).
+func TestWebSocketEndsAtCloseHandshake(t *testing.T) {
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	s := newStack(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				<-hold // gorilla answered the close frame; keep the TCP connection open
+				return
+			}
+		}
+	}))
+	c, _, err := websocket.DefaultDialer.Dial(s.wsURL("/ws"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	eventually(t, "socket to count", func() bool { return s.tracker.Snapshot().WebSockets == 1 })
+	err = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err = c.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+		t.Fatalf("close handshake: %v", err)
+	}
+	// Neither side has closed its TCP connection yet.
+	eventually(t, "socket to end at the handshake", func() bool { return s.tracker.Snapshot().WebSockets == 0 })
+	c.Close()
+	eventually(t, "connection to go", idle(s))
+	if got := s.tracker.Snapshot().WebSockets; got != 0 {
+		t.Fatalf("socket counted again after the TCP close: %d", got)
+	}
+}
+
+// A close frame in one direction only is not the end: the other side may
+// still send data (RFC 6455 §5.5.1), so the socket keeps counting.
+func TestWebSocketOneCloseFrameStillCounts(t *testing.T) {
+	hold := make(chan struct{})
+	t.Cleanup(func() { close(hold) })
+	s := newStack(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetCloseHandler(func(int, string) error { return nil }) // no reply
+		c.ReadMessage()
+		<-hold
+	}))
+	c, _, err := websocket.DefaultDialer.Dial(s.wsURL("/ws"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	eventually(t, "socket to count", func() bool { return s.tracker.Snapshot().WebSockets == 1 })
+	err = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := s.tracker.Snapshot().WebSockets; got != 1 {
+		t.Fatalf("a close frame one way only ended the socket: WebSockets = %d", got)
+	}
+}
+
 func TestWebSocketLargeMessage(t *testing.T) {
 	s := newStack(t, echoApp(t))
 	c, _, err := websocket.DefaultDialer.Dial(s.wsURL("/ws"), nil)

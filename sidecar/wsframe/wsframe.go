@@ -56,6 +56,10 @@ type Parser struct {
 	remaining uint64
 }
 
+// Closed reports whether a complete close frame has passed (and nothing
+// after it): this direction of the WebSocket is over (RFC 6455 §5.5.1).
+func (p *Parser) Closed() bool { return p.state == stClosed }
+
 // Interpreting reports whether the stream still made sense as frames.
 func (p *Parser) Interpreting() bool { return p.state != stFailed }
 

@@ -154,6 +154,26 @@ func TestFailureIsFinal(t *testing.T) {
 	}
 }
 
+// Closed turns true only once a close frame's last payload byte has passed,
+// however the bytes arrive, and false again if anything follows it.
+func TestClosedAtTheEndOfTheCloseFrame(t *testing.T) {
+	data := stream(frame{fin: true, opcode: opText, masked: true, payload: 5}, frame{fin: true, opcode: opClose, masked: true, payload: 2})
+	var p Parser
+	for i := range data {
+		if p.Closed() {
+			t.Fatalf("closed after %d of %d bytes", i, len(data))
+		}
+		p.Feed(data[i : i+1])
+	}
+	if !p.Closed() || !p.Interpreting() {
+		t.Fatalf("after the whole close frame: closed %v, interpreting %v", p.Closed(), p.Interpreting())
+	}
+	p.Feed([]byte{0x81})
+	if p.Closed() || p.Interpreting() {
+		t.Fatal("a byte after the close frame left the parser closed")
+	}
+}
+
 func FuzzFrameReader(f *testing.F) {
 	f.Add(stream(frame{fin: true, opcode: opText, masked: true, payload: 20}), uint64(3))
 	f.Add(stream(frame{opcode: opBinary, payload: 300}, frame{fin: true, opcode: opPing}, frame{fin: true, opcode: opContinuation, payload: 2}), uint64(1))
