@@ -96,12 +96,14 @@ log "applying deploy/local (public URL $public_url)"
 k apply -k "$SPAWNER_ROOT/deploy/crd" >/dev/null
 # A brand-new CRD has no status.conditions for a moment, and `kubectl wait` fails on that
 # rather than waiting: retry until it is Established.
-for _ in $(seq 1 60); do
-	k wait --for=condition=Established crd/sessionlivedbackends.spawner.dev --timeout=5s >/dev/null 2>&1 && break
-	sleep 1
+for crd in sessionlivedbackends backendpools; do
+	for _ in $(seq 1 60); do
+		k wait --for=condition=Established "crd/$crd.spawner.dev" --timeout=5s >/dev/null 2>&1 && break
+		sleep 1
+	done
+	k wait --for=condition=Established "crd/$crd.spawner.dev" --timeout=5s >/dev/null ||
+		die "the $crd CRD did not become Established within a minute (kubectl describe crd $crd.spawner.dev)"
 done
-k wait --for=condition=Established crd/sessionlivedbackends.spawner.dev --timeout=5s >/dev/null ||
-	die "the SessionLivedBackend CRD did not become Established within a minute (kubectl describe crd sessionlivedbackends.spawner.dev)"
 k apply -k "$overlay" >/dev/null || die "kubectl apply -k deploy/local failed"
 # The api-server reads the access-token key once, at start: a new Secret needs new pods.
 if [ -n "$secret_created" ] && k -n "$NS" get pods -l app.kubernetes.io/name=spawner-api -o name 2>/dev/null | grep -q .; then

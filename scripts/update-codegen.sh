@@ -46,5 +46,7 @@ kube::codegen::gen_client \
 (cd "$TOOLS" && GOWORK=off go build -o "$GOBIN/trimcrd" ./trimcrd)
 mkdir -p "$ROOT/deploy/crd"
 (cd "$ROOT/apis" && "$GOBIN/controller-gen" crd paths=./spawner/... output:crd:dir="$ROOT/deploy/crd")
-"$GOBIN/trimcrd" "$ROOT/deploy/crd/spawner.dev_sessionlivedbackends.yaml"
+for crd in sessionlivedbackends backendpools; do
+  "$GOBIN/trimcrd" "$ROOT/deploy/crd/spawner.dev_$crd.yaml"
+done
 echo "generated: apis/spawner/v1/zz_generated.deepcopy.go, generated/, deploy/crd/"

@@ -78,17 +78,27 @@ func envOr(name, def string) string {
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
-// EnsureCRD server-side applies the generated CRD from deploy/crd and waits
-// until the API server serves it.
+// CRDFiles are the generated CRD manifests under deploy/crd, one per kind.
+var CRDFiles = []string{"spawner.dev_sessionlivedbackends.yaml", "spawner.dev_backendpools.yaml"}
+
+// EnsureCRD server-side applies the generated CRDs from deploy/crd and waits
+// until the API server serves them.
 func EnsureCRD(t testing.TB, cfg *rest.Config) {
 	t.Helper()
-	manifest, err := os.ReadFile(filepath.Join(RepoRoot(t), "deploy", "crd", "spawner.dev_sessionlivedbackends.yaml"))
+	for _, f := range CRDFiles {
+		ensureCRD(t, cfg, f)
+	}
+}
+
+func ensureCRD(t testing.TB, cfg *rest.Config, file string) {
+	t.Helper()
+	manifest, err := os.ReadFile(filepath.Join(RepoRoot(t), "deploy", "crd", file))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var crd unstructured.Unstructured
 	if err := yaml.Unmarshal(manifest, &crd.Object); err != nil {
-		t.Fatalf("parsing the CRD: %v", err)
+		t.Fatalf("parsing the CRD %s: %v", file, err)
 	}
 	client := dynamic.NewForConfigOrDie(cfg).Resource(crdGVR)
 	body, err := crd.MarshalJSON()
@@ -99,9 +109,9 @@ func EnsureCRD(t testing.TB, cfg *rest.Config) {
 	force := true
 	if _, err := client.Patch(ctx, crd.GetName(), types.ApplyPatchType, body,
 		metav1.PatchOptions{FieldManager: "spawner-tests", Force: &force}); err != nil {
-		t.Fatalf("applying the CRD: %v", err)
+		t.Fatalf("applying the CRD %s: %v", file, err)
 	}
-	Eventually(t, 30*time.Second, "CRD established", func() (bool, error) {
+	Eventually(t, 30*time.Second, "CRD "+crd.GetName()+" established", func() (bool, error) {
 		got, err := client.Get(ctx, crd.GetName(), metav1.GetOptions{})
 		if err != nil {
 			return false, err

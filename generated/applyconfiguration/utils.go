@@ -34,6 +34,12 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 	// Group=spawner.dev, Version=v1
 	case v1.SchemeGroupVersion.WithKind("BackendPodTemplate"):
 		return &spawnerv1.BackendPodTemplateApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("BackendPool"):
+		return &spawnerv1.BackendPoolApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("BackendPoolSpec"):
+		return &spawnerv1.BackendPoolSpecApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("BackendPoolStatus"):
+		return &spawnerv1.BackendPoolStatusApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("PodMetadata"):
 		return &spawnerv1.PodMetadataApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("SessionLivedBackend"):

@@ -14,6 +14,9 @@ const (
 	// LabelKeyHash on a SessionLivedBackend is a hash of spec.key, so backends
 	// of one key can be selected (a key itself may not be a valid label value).
 	LabelKeyHash = "spawner.dev/key-hash"
+	// LabelPool on a pod names the BackendPool that started it; it stays on
+	// the pod after a claim, so a pool can count its claimed backends.
+	LabelPool = "spawner.dev/pool"
 
 	// AnnotationGracePeriodSeconds on a pod copies spec.gracePeriodSeconds, so
 	// the sweeper can decide idleness from the pod alone.

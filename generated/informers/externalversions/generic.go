@@ -53,6 +53,8 @@ func (f *genericInformer) Lister() cache.GenericLister {
 func (f *sharedInformerFactory) ForResource(resource schema.GroupVersionResource) (GenericInformer, error) {
 	switch resource {
 	// Group=spawner.dev, Version=v1
+	case v1.SchemeGroupVersion.WithResource("backendpools"):
+		return &genericInformer{resource: resource.GroupResource(), informer: f.Spawner().V1().BackendPools().Informer()}, nil
 	case v1.SchemeGroupVersion.WithResource("sessionlivedbackends"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Spawner().V1().SessionLivedBackends().Informer()}, nil
 

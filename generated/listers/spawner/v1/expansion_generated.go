@@ -18,6 +18,14 @@ limitations under the License.
 
 package v1
 
+// BackendPoolListerExpansion allows custom methods to be added to
+// BackendPoolLister.
+type BackendPoolListerExpansion interface{}
+
+// BackendPoolNamespaceListerExpansion allows custom methods to be added to
+// BackendPoolNamespaceLister.
+type BackendPoolNamespaceListerExpansion interface{}
+
 // SessionLivedBackendListerExpansion allows custom methods to be added to
 // SessionLivedBackendLister.
 type SessionLivedBackendListerExpansion interface{}

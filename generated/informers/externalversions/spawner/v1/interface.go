@@ -24,6 +24,8 @@ import (
 
 // Interface provides access to all the informers in this group version.
 type Interface interface {
+	// BackendPools returns a BackendPoolInformer.
+	BackendPools() TypedBackendPoolInformer
 	// SessionLivedBackends returns a SessionLivedBackendInformer.
 	SessionLivedBackends() TypedSessionLivedBackendInformer
 }
@@ -37,6 +39,11 @@ type version struct {
 // New returns a new Interface.
 func New(f internalinterfaces.SharedInformerFactory, namespace string, tweakListOptions internalinterfaces.TweakListOptionsFunc) Interface {
 	return &version{factory: f, namespace: namespace, tweakListOptions: tweakListOptions}
+}
+
+// BackendPools returns a TypedBackendPoolInformer.
+func (v *version) BackendPools() TypedBackendPoolInformer {
+	return &backendPoolInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
 }
 
 // SessionLivedBackends returns a TypedSessionLivedBackendInformer.

@@ -28,12 +28,17 @@ import (
 
 type SpawnerV1Interface interface {
 	RESTClient() rest.Interface
+	BackendPoolsGetter
 	SessionLivedBackendsGetter
 }
 
 // SpawnerV1Client is used to interact with features provided by the spawner.dev group.
 type SpawnerV1Client struct {
 	restClient rest.Interface
+}
+
+func (c *SpawnerV1Client) BackendPools(namespace string) BackendPoolInterface {
+	return newBackendPools(c, namespace)
 }
 
 func (c *SpawnerV1Client) SessionLivedBackends(namespace string) SessionLivedBackendInterface {

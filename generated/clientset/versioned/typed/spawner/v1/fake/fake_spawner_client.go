@@ -28,6 +28,10 @@ type FakeSpawnerV1 struct {
 	*testing.Fake
 }
 
+func (c *FakeSpawnerV1) BackendPools(namespace string) v1.BackendPoolInterface {
+	return newFakeBackendPools(c, namespace)
+}
+
 func (c *FakeSpawnerV1) SessionLivedBackends(namespace string) v1.SessionLivedBackendInterface {
 	return newFakeSessionLivedBackends(c, namespace)
 }
