@@ -83,7 +83,26 @@ for p in $(pgrep -f "containerd-shim.*-address $SOCK" 2>/dev/null); do
 	log "stopping leftover containerd-shim (pid $p)"
 	kill -KILL "$p" 2>/dev/null || true
 done
-# any other process still running from our state dir (e.g. a container process whose shim died)
+# A container process whose shim is gone (killed above, or died) was reparented to init and keeps
+# running: after a down of a node with ~200 pods, where `crictl rmp` ran out of time, 77
+# spawner-pause processes were left this way. Every process in a kubepods cgroup that this
+# cluster's kubelet created is ours (kind's nodes nest theirs under docker/, not matched here).
+pod_cgroup_procs() {
+	local c
+	for c in /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods*; do
+		[ -d "$c" ] || continue
+		grep -qx "$c" "$BEFORE/cgroups" 2>/dev/null && continue
+		find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null
+	done | sort -un
+}
+for _ in 1 2 3 4 5; do
+	procs=$(pod_cgroup_procs)
+	[ -n "$procs" ] || break
+	log "stopping $(echo "$procs" | wc -l) container process(es) left in the pods' cgroups"
+	# shellcheck disable=SC2086 # one PID a word
+	kill -KILL $procs 2>/dev/null || true
+	sleep 0.2
+done
 for f in "$PIDS"/*.pid; do [ -e "$f" ] && rm -f "$f"; done
 
 # 3. host cleanup: everything below was recorded by cluster-up.sh before it changed anything

@@ -105,6 +105,21 @@ if [ $full = 0 ]; then
 fi
 
 # ---- teardown and leftover checks
+# An orphan in the pods' cgroups, as a container whose shim died leaves one (reparented to init,
+# unknown to containerd): cluster-down.sh must stop it too. It is named like the pause process so
+# the host snapshot counts it.
+orphan_dir=$(mktemp -d /tmp/spawner-orphan.XXXXXX)
+cp "$(command -v sleep)" "$orphan_dir/spawner-pause"
+for c in /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/kubepods; do
+	[ -d "$c" ] || continue
+	mkdir -p "$c/spawner-orphan-test"
+	# started from a subshell that exits, so init (not this script) reaps it
+	("$orphan_dir/spawner-pause" 600 >/dev/null 2>&1 & echo $! >"$orphan_dir/pid")
+	orphan=$(cat "$orphan_dir/pid")
+	echo "$orphan" >"$c/spawner-orphan-test/cgroup.procs" || fail "cannot move the orphan test process into $c"
+	echo "==> orphan test process $orphan placed in $c/spawner-orphan-test"
+	break
+done
 pids=$(cat "$PIDS"/*.pid 2>/dev/null | tr '\n' ' ')
 "$SPAWNER_ROOT/scripts/cluster-down.sh" || fail "cluster-down.sh failed"
 trap - EXIT
@@ -113,6 +128,7 @@ problems=()
 for p in $pids; do
 	kill -0 "$p" 2>/dev/null && problems+=("process $p ($(cat /proc/$p/comm 2>/dev/null)) started by cluster-up.sh is still running")
 done
+[ -z "${orphan:-}" ] || ! kill -0 "$orphan" 2>/dev/null || problems+=("the orphan test process $orphan in the pods' cgroups is still running")
 [ ! -e "$CD" ] || problems+=("state directory $CD still exists")
 if ! diff -u "$SNAP/before" "$SNAP/after" >"$SNAP/diff"; then
 	while read -r line; do problems+=("host differs after down: $line"); done < <(grep -E '^[-+][^-+]' "$SNAP/diff")
@@ -121,5 +137,5 @@ if [ ${#problems[@]} != 0 ]; then
 	printf '  %s\n' "${problems[@]}" >&2
 	fail "the cluster left things behind after cluster-down.sh (snapshots: $SNAP/before, $SNAP/after)"
 fi
-rm -rf "$SNAP"
+rm -rf "$SNAP" "$orphan_dir"
 echo "PASS: test-localcluster (full cycle: up, local image Pod Running, pod IP reachable, down left nothing behind)"
