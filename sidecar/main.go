@@ -28,6 +28,8 @@ func main() {
 	fs.IntVar(&c.UpstreamPort, "upstream-port", envInt("SIDECAR_UPSTREAM_PORT", 8080), "the app's port on 127.0.0.1 (env SIDECAR_UPSTREAM_PORT)")
 	fs.IntVar(&c.StatusPort, "status-port", envInt("SIDECAR_STATUS_PORT", 9091), "status port: /_events, /healthz, /metrics (env SIDECAR_STATUS_PORT)")
 	fs.IntVar(&wsIdle, "ws-idle-seconds", envInt("SIDECAR_WS_IDLE_SECONDS", 0), "a WebSocket without data frames for this long stops counting as active; 0 = never (env SIDECAR_WS_IDLE_SECONDS)")
+	countRequests := fs.Bool("count-requests", envString("SIDECAR_COUNT_REQUESTS", "true") == "true",
+		"in-flight HTTP requests (SSE, long-poll) keep the backend alive for as long as they are open; false = only WebSockets do (env SIDECAR_COUNT_REQUESTS)")
 	fs.IntVar(&drain, "drain-seconds", envInt("SIDECAR_DRAIN_SECONDS", 10), "after SIGTERM, keep proxying at most this long while the app finishes (env SIDECAR_DRAIN_SECONDS)")
 	fs.StringVar(&c.StatusBlockFile, "status-block-file", os.Getenv("SIDECAR_STATUS_BLOCK_FILE"), "testing: while this file exists the status port is closed (env SIDECAR_STATUS_BLOCK_FILE)")
 	fs.StringVar(&c.ProcNet, "proc-net", envString("SIDECAR_PROC_NET", "/proc/net"), "directory with the tcp and tcp6 socket tables (env SIDECAR_PROC_NET)")
@@ -44,7 +46,12 @@ func main() {
 	// controller sets it in the pod spec, and a flag would also show it in
 	// the process list of every container sharing the pod's PID namespace.
 	c.RouterProof = os.Getenv(wire.SidecarRouterProofEnv)
+	if wsIdle < 0 {
+		fmt.Fprintf(os.Stderr, "--ws-idle-seconds must not be negative, not %d\n", wsIdle)
+		os.Exit(2)
+	}
 	c.WSIdle = time.Duration(wsIdle) * time.Second
+	c.IgnoreRequests = !*countRequests
 	c.Drain = time.Duration(drain) * time.Second
 
 	// One P unless GOMAXPROCS says otherwise: the sidecar's work is system

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"spawner.dev/common/wire"
 )
 
 // Tracker counts in-flight HTTP requests and open WebSockets and remembers
@@ -17,7 +19,13 @@ type Tracker struct {
 	ready      atomic.Bool
 	inFlight   atomic.Int64
 	websockets atomic.Int64
-	lastActive atomic.Int64 // unix nanoseconds at which the last request or socket ended
+	lastActive atomic.Int64  // unix nanoseconds at which the last request or socket ended
+	lastKind   atomic.Uint32 // what ended then: kindStarted, kindRequest or kindSocket
+
+	// ignoreRequests leaves in-flight requests out of LiveConnections (the
+	// backend's policy says only WebSockets keep it); a request's end still
+	// counts as activity.
+	ignoreRequests bool
 
 	// wsIdle > 0 lets a WebSocket without data frames for that long stop
 	// counting as live.
@@ -33,10 +41,30 @@ type Tracker struct {
 	subs  atomic.Pointer[[]*Subscription] // copy-on-write, read lock-free by notify
 }
 
-// New returns a tracker; wsIdle 0 disables the WebSocket idle rule. The
-// backend counts as last active at its start.
-func New(wsIdle time.Duration) *Tracker {
-	t := &Tracker{wsIdle: wsIdle, sockets: map[*Socket]struct{}{}, idleWake: make(chan struct{}, 1)}
+// What lastKind holds.
+const (
+	kindStarted uint32 = iota
+	kindRequest
+	kindSocket
+)
+
+// Policy says what keeps a backend alive.
+type Policy struct {
+	// WSIdle > 0 lets a WebSocket without data frames for that long stop
+	// counting as live; 0 disables the rule.
+	WSIdle time.Duration
+	// IgnoreRequests leaves in-flight HTTP requests (SSE, long-poll) out of
+	// LiveConnections; by default they count for as long as they are open.
+	IgnoreRequests bool
+}
+
+// New returns a tracker with the default policy but for wsIdle (0 disables
+// the WebSocket idle rule). The backend counts as last active at its start.
+func New(wsIdle time.Duration) *Tracker { return NewWithPolicy(Policy{WSIdle: wsIdle}) }
+
+// NewWithPolicy returns a tracker applying p.
+func NewWithPolicy(p Policy) *Tracker {
+	t := &Tracker{wsIdle: p.WSIdle, ignoreRequests: p.IgnoreRequests, sockets: map[*Socket]struct{}{}, idleWake: make(chan struct{}, 1)}
 	t.lastActive.Store(time.Now().UnixNano())
 	t.subs.Store(&[]*Subscription{})
 	return t
@@ -50,6 +78,17 @@ type Snapshot struct {
 	LiveConnections    int // in-flight requests + WebSockets that are not idle
 	LastActive         time.Time
 	SecondsSinceActive int
+	// LastActivity says what LastActive was (a wire.Activity* constant).
+	LastActivity string
+}
+
+// Event is s as the status stream carries it.
+func (s Snapshot) Event() wire.StatusEvent {
+	return wire.StatusEvent{
+		Ready: s.Ready, LiveConnections: s.LiveConnections, SecondsSinceActive: s.SecondsSinceActive,
+		LastActive: s.LastActive, InFlightRequests: s.InFlightRequests, WebSockets: s.WebSockets,
+		LastActivity: s.LastActivity,
+	}
 }
 
 // SameState reports whether two snapshots describe the same state, ignoring
@@ -71,23 +110,34 @@ func (t *Tracker) snapshot(now time.Time) Snapshot {
 		InFlightRequests: int(t.inFlight.Load()),
 		WebSockets:       int(t.websockets.Load()),
 	}
+	kind := kindNames[t.lastKind.Load()]
 	last := t.lastActive.Load()
 	idle := 0
 	if t.wsIdle > 0 && s.WebSockets > 0 {
 		var lastData int64
 		idle, lastData = t.idleSockets(now)
 		// An idle socket was last in use at its last data frame.
-		last = max(last, lastData)
+		if lastData > last {
+			last, kind = lastData, wire.ActivityWebSocketMessage
+		}
 	}
-	s.LiveConnections = s.InFlightRequests + s.WebSockets - idle
-	if s.LiveConnections > 0 {
-		s.LastActive = now
-	} else {
-		s.LastActive = time.Unix(0, last)
+	s.LiveConnections = s.WebSockets - idle
+	if !t.ignoreRequests {
+		s.LiveConnections += s.InFlightRequests
+	}
+	switch {
+	case s.WebSockets > idle:
+		s.LastActive, s.LastActivity = now, wire.ActivityWebSocketOpen
+	case s.LiveConnections > 0:
+		s.LastActive, s.LastActivity = now, wire.ActivityRequestInFlight
+	default:
+		s.LastActive, s.LastActivity = time.Unix(0, last), kind
 		s.SecondsSinceActive = int(max(now.Sub(s.LastActive), 0) / time.Second)
 	}
 	return s
 }
+
+var kindNames = [...]string{kindStarted: wire.ActivityStarted, kindRequest: wire.ActivityRequestEnded, kindSocket: wire.ActivityWebSocketClosed}
 
 // idleSockets counts open sockets without data for wsIdle and returns the
 // latest data time among them.
@@ -124,6 +174,7 @@ func (t *Tracker) RequestStarted() {
 func (t *Tracker) RequestFinished() {
 	// Stored before the decrement so a reader that sees nothing live also
 	// sees this end time.
+	t.lastKind.Store(kindRequest)
 	t.lastActive.Store(time.Now().UnixNano())
 	t.inFlight.Add(-1)
 	t.notify()
@@ -171,6 +222,7 @@ func (s *Socket) DataSeen(now time.Time) {
 // Closed unregisters the socket; call it once.
 func (s *Socket) Closed() {
 	t := s.t
+	t.lastKind.Store(kindSocket)
 	t.lastActive.Store(time.Now().UnixNano())
 	t.mu.Lock()
 	delete(t.sockets, s)

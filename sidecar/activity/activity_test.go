@@ -3,6 +3,8 @@ package activity
 import (
 	"testing"
 	"time"
+
+	"spawner.dev/common/wire"
 )
 
 func TestCountsAndLastActive(t *testing.T) {
@@ -193,4 +195,50 @@ func BenchmarkRequest(b *testing.B) {
 			tr.RequestFinished()
 		}
 	})
+}
+
+// TestLastActivitySaysWhat: the snapshot names what the last activity was,
+// which the sweeper quotes in the slab's status and its sweep Event.
+func TestLastActivitySaysWhat(t *testing.T) {
+	tr := New(50 * time.Millisecond)
+	want := func(step, kind string, live int) {
+		t.Helper()
+		if s := tr.Snapshot(); s.LastActivity != kind || s.LiveConnections != live {
+			t.Fatalf("%s: last activity %q, live %d; want %q, %d", step, s.LastActivity, s.LiveConnections, kind, live)
+		}
+	}
+	want("fresh", wire.ActivityStarted, 0)
+	tr.RequestStarted()
+	want("request open", wire.ActivityRequestInFlight, 1)
+	tr.RequestFinished()
+	want("request ended", wire.ActivityRequestEnded, 0)
+	ws := tr.SocketOpened()
+	want("socket open", wire.ActivityWebSocketOpen, 1)
+	time.Sleep(20 * time.Millisecond)
+	ws.DataSeen(time.Now())
+	time.Sleep(80 * time.Millisecond)
+	want("socket silent past wsIdle", wire.ActivityWebSocketMessage, 0)
+	ws.Closed()
+	want("socket closed", wire.ActivityWebSocketClosed, 0)
+}
+
+// TestIgnoreRequestsPolicy: with the policy, an open request (a long-poll)
+// does not keep the backend alive, its end still counts as activity, and
+// WebSockets still do.
+func TestIgnoreRequestsPolicy(t *testing.T) {
+	tr := NewWithPolicy(Policy{IgnoreRequests: true})
+	tr.RequestStarted()
+	if s := tr.Snapshot(); s.LiveConnections != 0 || s.InFlightRequests != 1 || s.LastActivity != wire.ActivityStarted {
+		t.Fatalf("long-poll open, requests ignored: %+v", s)
+	}
+	before := time.Now()
+	tr.RequestFinished()
+	if s := tr.Snapshot(); s.LastActive.Before(before) || s.LastActivity != wire.ActivityRequestEnded {
+		t.Fatalf("a request's end is still activity: %+v", s)
+	}
+	ws := tr.SocketOpened()
+	if s := tr.Snapshot(); s.LiveConnections != 1 {
+		t.Fatalf("a WebSocket still counts: %+v", s)
+	}
+	ws.Closed()
 }

@@ -26,6 +26,10 @@ type Config struct {
 	// WSIdle > 0: a WebSocket without data frames for this long stops
 	// counting as live.
 	WSIdle time.Duration
+	// IgnoreRequests: in-flight HTTP requests (SSE, long-poll) do not keep
+	// the backend alive; only WebSockets do (their end still counts as
+	// activity).
+	IgnoreRequests bool
 	// StatusBlockFile: while this file exists the status port is closed (tests).
 	StatusBlockFile string
 	// Drain is the longest the sidecar keeps proxying after SIGTERM while the
@@ -59,7 +63,7 @@ func Run(ctx context.Context, c Config) error {
 	if logger == nil {
 		logger = log.Default()
 	}
-	tracker := activity.New(c.WSIdle)
+	tracker := activity.NewWithPolicy(activity.Policy{WSIdle: c.WSIdle, IgnoreRequests: c.IgnoreRequests})
 	reg := metrics.NewRegistry()
 	px := proxy.New(proxy.Config{
 		Upstream: net.JoinHostPort("127.0.0.1", strconv.Itoa(c.UpstreamPort)),

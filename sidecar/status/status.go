@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"time"
 
 	"spawner.dev/common/wire"
@@ -109,7 +108,8 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 			return true
 		}
 		last, lastSent = s, time.Now()
-		buf = appendEvent(buf[:0], s)
+		ev := s.Event()
+		buf = ev.AppendSSE(buf[:0])
 		if _, err := w.Write(buf); err != nil {
 			return false
 		}
@@ -156,23 +156,6 @@ func (h *Handler) events(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-}
-
-// appendEvent appends one SSE event carrying s as JSON.
-func appendEvent(b []byte, s activity.Snapshot) []byte {
-	b = append(b, `data: {"ready":`...)
-	b = strconv.AppendBool(b, s.Ready)
-	b = append(b, `,"live_connections":`...)
-	b = strconv.AppendInt(b, int64(s.LiveConnections), 10)
-	b = append(b, `,"seconds_since_active":`...)
-	b = strconv.AppendInt(b, int64(s.SecondsSinceActive), 10)
-	b = append(b, `,"last_active":"`...)
-	b = s.LastActive.UTC().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","in_flight_requests":`...)
-	b = strconv.AppendInt(b, int64(s.InFlightRequests), 10)
-	b = append(b, `,"websockets":`...)
-	b = strconv.AppendInt(b, int64(s.WebSockets), 10)
-	return append(b, "}\n\n"...)
 }
 
 // Serve runs h on addr until ctx ends. While blockFile (if set) exists the

@@ -3,23 +3,15 @@ package sweeper
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"time"
+
+	"spawner.dev/common/wire"
 )
 
-// Event is one state report from the sidecar's /_events stream
-// (docs/architecture.md, "Sidecar interface").
-type Event struct {
-	Ready              bool      `json:"ready"`
-	LiveConnections    int       `json:"live_connections"`
-	SecondsSinceActive int       `json:"seconds_since_active"`
-	LastActive         time.Time `json:"last_active"`
-	InFlightRequests   int       `json:"in_flight_requests"`
-	WebSockets         int       `json:"websockets"`
-}
+// Event is one state report from the sidecar's /_events stream: the one
+// type the sidecar encodes it with (docs/architecture.md, "Sidecar interface").
+type Event = wire.StatusEvent
 
 // maxEventSize bounds one event's data; the sidecar's are about 200 bytes.
 const maxEventSize = 64 << 10
@@ -124,25 +116,4 @@ func (s *sseReader) NextEvent() (Event, error) {
 	return parseEvent(data)
 }
 
-func parseEvent(data []byte) (Event, error) {
-	var ev Event
-	if err := json.Unmarshal(data, &ev); err != nil {
-		return Event{}, fmt.Errorf("sse: bad event %q: %w", truncate(data, 120), err)
-	}
-	if ev.LastActive.IsZero() {
-		// Without the sidecar's clock no idle decision is possible; an event
-		// like this must never be read as "idle since the epoch".
-		return Event{}, fmt.Errorf("sse: event without last_active: %q", truncate(data, 120))
-	}
-	if ev.LiveConnections < 0 {
-		return Event{}, fmt.Errorf("sse: negative live_connections in %q", truncate(data, 120))
-	}
-	return ev, nil
-}
-
-func truncate(b []byte, n int) string {
-	if len(b) > n {
-		return string(b[:n]) + "…"
-	}
-	return string(b)
-}
+func parseEvent(data []byte) (Event, error) { return wire.ParseStatusEvent(data) }
