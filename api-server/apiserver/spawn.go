@@ -48,6 +48,15 @@ type SpawnRequest struct {
 	Args               []string          `json:"args,omitempty"`
 	Resources          *SpawnResources   `json:"resources,omitempty"`
 	Labels             map[string]string `json:"labels,omitempty"`
+	IdlePolicy         *SpawnIdlePolicy  `json:"idlePolicy,omitempty"`
+}
+
+// SpawnIdlePolicy is spec.idlePolicy of the backend (what counts as activity).
+type SpawnIdlePolicy struct {
+	// WSIdleSeconds > 0: an open WebSocket counts only while data frames flow.
+	WSIdleSeconds *int64 `json:"wsIdleSeconds,omitempty"`
+	// CountRequests: in-flight requests (SSE, long-poll) count; default true.
+	CountRequests *bool `json:"countRequests,omitempty"`
 }
 
 // SpawnResources are the app container's requests and limits, as quantities
@@ -233,6 +242,10 @@ func (req *SpawnRequest) Validate() field.ErrorList {
 			errs = append(errs, field.Invalid(p, v, strings.Join(msgs, "; ")))
 		}
 	}
+	if p := req.IdlePolicy; p != nil && p.WSIdleSeconds != nil && (*p.WSIdleSeconds < 0 || *p.WSIdleSeconds > spawnerv1.MaxWSIdleSeconds) {
+		errs = append(errs, field.Invalid(field.NewPath("idlePolicy", "wsIdleSeconds"), *p.WSIdleSeconds,
+			fmt.Sprintf("must be between 0 (any open WebSocket keeps the backend) and %d", spawnerv1.MaxWSIdleSeconds)))
+	}
 	if req.Resources != nil {
 		rp := field.NewPath("resources")
 		reqs, e1 := parseResourceList(rp.Child("requests"), req.Resources.Requests)
@@ -322,8 +335,25 @@ func (req *SpawnRequest) buildSlab(namespace, salt, tokenHash string) *spawnerv1
 			GracePeriodSeconds: &grace,
 			MaxLifetimeSeconds: maxLife,
 			Key:                req.Key,
+			IdlePolicy:         req.IdlePolicy.spec(),
 		},
 	}
+}
+
+// spec is the validated policy as the slab stores it (nil: the defaults).
+func (p *SpawnIdlePolicy) spec() *spawnerv1.IdlePolicy {
+	if p == nil || (p.WSIdleSeconds == nil && p.CountRequests == nil) {
+		return nil
+	}
+	out := &spawnerv1.IdlePolicy{}
+	if p.WSIdleSeconds != nil {
+		out.WSIdleSeconds = int32(*p.WSIdleSeconds)
+	}
+	if p.CountRequests != nil {
+		v := *p.CountRequests
+		out.CountRequests = &v
+	}
+	return out
 }
 
 // parseSpawn decodes and validates a body and builds the backend to create.

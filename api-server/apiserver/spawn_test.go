@@ -56,6 +56,13 @@ func TestParseSpawn(t *testing.T) {
 		{"reserved label", `{"image":"nginx","labels":{"spawner.dev/key-hash":"x"}}`, 422, "reserved"},
 		{"managed-by label", `{"image":"nginx","labels":{"app.kubernetes.io/managed-by":"me"}}`, 422, "reserved"},
 		{"bad label value", `{"image":"nginx","labels":{"a":"not ok!"}}`, 422, "labels"},
+		{"idle policy", `{"image":"nginx","idlePolicy":{"wsIdleSeconds":30,"countRequests":false}}`, 0, ""},
+		{"ws idle negative", `{"image":"nginx","idlePolicy":{"wsIdleSeconds":-1}}`, 422, "idlePolicy.wsIdleSeconds"},
+		{"ws idle too long", `{"image":"nginx","idlePolicy":{"wsIdleSeconds":86401}}`, 422, "idlePolicy.wsIdleSeconds"},
+		{"ws idle huge", `{"image":"nginx","idlePolicy":{"wsIdleSeconds":10000000000}}`, 422, "idlePolicy.wsIdleSeconds"},
+		{"ws idle not a number", `{"image":"nginx","idlePolicy":{"wsIdleSeconds":"30"}}`, 400, "invalid JSON"},
+		{"count requests not a bool", `{"image":"nginx","idlePolicy":{"countRequests":"no"}}`, 400, "invalid JSON"},
+		{"unknown idle policy field", `{"image":"nginx","idlePolicy":{"wsIdle":30}}`, 400, "unknown field"},
 		{"invalid utf8", "{\"image\":\"nginx\",\"key\":\"\xff\"}", 400, "UTF-8"},
 	}
 	for _, c := range cases {
@@ -109,9 +116,14 @@ func TestBuildSlab(t *testing.T) {
 	if slab.Annotations[spawnerv1.AnnotationAccessTokenHash] != "hash1" || slab.Annotations[AnnotationAccessTokenSalt] != "salt1" {
 		t.Fatalf("annotations %v", slab.Annotations)
 	}
+	// The idle policy reaches the spec.
+	_, slab, _ = parseSpawn(strings.NewReader(`{"image":"nginx","idlePolicy":{"wsIdleSeconds":30,"countRequests":false}}`), "ns", "s", "h")
+	if p := slab.Spec.IdlePolicy; p == nil || p.WSIdleSeconds != 30 || p.CountRequests == nil || *p.CountRequests {
+		t.Fatalf("idle policy %+v", p)
+	}
 	// Defaults.
 	_, slab, _ = parseSpawn(strings.NewReader(`{"image":"nginx"}`), "ns", "s", "h")
-	if slab.Spec.HTTPPort != 8080 || *slab.Spec.GracePeriodSeconds != 300 || slab.Spec.MaxLifetimeSeconds != nil || slab.Labels[spawnerv1.LabelKeyHash] != "" {
+	if slab.Spec.HTTPPort != 8080 || *slab.Spec.GracePeriodSeconds != 300 || slab.Spec.MaxLifetimeSeconds != nil || slab.Labels[spawnerv1.LabelKeyHash] != "" || slab.Spec.IdlePolicy != nil {
 		t.Fatalf("defaults %+v %v", slab.Spec, slab.Labels)
 	}
 }

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"strconv"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -54,6 +55,7 @@ func BuildPod(slab *spawnerv1.SessionLivedBackend, sc SidecarOptions) *corev1.Po
 	// the router and the sweeper, which read it from the pod, get through; a
 	// leaked value opens this one pod and dies with it.
 	sidecar := sidecarContainer(port, sc)
+	sidecar.Args = append(sidecar.Args, idlePolicyArgs(&slab.Spec)...)
 	sidecar.Env = setEnv(sidecar.Env, wire.SidecarRouterProofEnv, routerproof.New())
 	containers = append(containers, sidecar)
 
@@ -96,6 +98,20 @@ func automountToken(fromTemplate *bool) *bool {
 	}
 	v := false
 	return &v
+}
+
+// idlePolicyArgs passes the backend's idle policy to its sidecar, which
+// applies it when it counts live connections; nothing for the defaults, so
+// a default pod's sidecar runs exactly as before.
+func idlePolicyArgs(spec *spawnerv1.SessionLivedBackendSpec) []string {
+	var args []string
+	if d := spec.WSIdle(); d > 0 {
+		args = append(args, "--ws-idle-seconds="+strconv.Itoa(int(d/time.Second)))
+	}
+	if !spec.CountsRequests() {
+		args = append(args, "--count-requests=false")
+	}
+	return args
 }
 
 func sidecarContainer(upstream int32, sc SidecarOptions) corev1.Container {

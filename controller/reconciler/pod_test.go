@@ -1,6 +1,7 @@
 package reconciler
 
 import (
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -184,5 +185,28 @@ func TestBuildPodDrawsARouterProofPerPodForTheSidecarOnly(t *testing.T) {
 	}
 	if p1.Annotations[wire.SidecarRouterProofEnv] != "" || len(p1.Spec.Containers[len(p1.Spec.Containers)-1].Args) != 3 {
 		t.Error("the proof must be in the env only, not in annotations or args")
+	}
+}
+
+// TestBuildPodPassesTheIdlePolicyToTheSidecar: wsIdleSeconds and
+// countRequests reach the deployed sidecar's flags; the defaults add none.
+func TestBuildPodPassesTheIdlePolicyToTheSidecar(t *testing.T) {
+	off := false
+	for _, tc := range []struct {
+		policy *spawnerv1.IdlePolicy
+		want   []string
+	}{
+		{nil, nil},
+		{&spawnerv1.IdlePolicy{}, nil},
+		{&spawnerv1.IdlePolicy{WSIdleSeconds: 30}, []string{"--ws-idle-seconds=30"}},
+		{&spawnerv1.IdlePolicy{WSIdleSeconds: 5, CountRequests: &off}, []string{"--ws-idle-seconds=5", "--count-requests=false"}},
+	} {
+		slab := testSlab("p")
+		slab.Spec.IdlePolicy = tc.policy
+		pod := BuildPod(slab, testSidecar)
+		args := pod.Spec.Containers[len(pod.Spec.Containers)-1].Args
+		if got := strings.Join(args[3:], " "); got != strings.Join(tc.want, " ") {
+			t.Errorf("policy %+v: extra sidecar args %q, want %q", tc.policy, got, tc.want)
+		}
 	}
 }

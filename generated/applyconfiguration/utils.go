@@ -32,6 +32,8 @@ import (
 func ForKind(kind schema.GroupVersionKind) interface{} {
 	switch kind {
 	// Group=spawner.dev, Version=v1
+	case v1.SchemeGroupVersion.WithKind("BackendActivity"):
+		return &spawnerv1.BackendActivityApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("BackendPodTemplate"):
 		return &spawnerv1.BackendPodTemplateApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("BackendPool"):
@@ -40,6 +42,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &spawnerv1.BackendPoolSpecApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("BackendPoolStatus"):
 		return &spawnerv1.BackendPoolStatusApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("IdlePolicy"):
+		return &spawnerv1.IdlePolicyApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("PodMetadata"):
 		return &spawnerv1.PodMetadataApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("SessionLivedBackend"):

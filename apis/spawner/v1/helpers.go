@@ -32,6 +32,24 @@ func (s *SessionLivedBackendSpec) MaxLifetime() (time.Duration, bool) {
 	return time.Duration(*s.MaxLifetimeSeconds) * time.Second, true
 }
 
+// MaxWSIdleSeconds bounds spec.idlePolicy.wsIdleSeconds (a day).
+const MaxWSIdleSeconds = 86400
+
+// WSIdle is idlePolicy.wsIdleSeconds as a duration; 0 means any open
+// WebSocket counts.
+func (s *SessionLivedBackendSpec) WSIdle() time.Duration {
+	if s.IdlePolicy == nil {
+		return 0
+	}
+	return time.Duration(s.IdlePolicy.WSIdleSeconds) * time.Second
+}
+
+// CountsRequests says whether in-flight requests keep the backend alive
+// (idlePolicy.countRequests, default true).
+func (s *SessionLivedBackendSpec) CountsRequests() bool {
+	return s.IdlePolicy == nil || s.IdlePolicy.CountRequests == nil || *s.IdlePolicy.CountRequests
+}
+
 // ValidateSpec checks what the CRD schema also checks, plus what a schema
 // cannot say (ports the sidecar needs, unique container names). Clients such
 // as the api-server call it to reject bad input before anything is created.
@@ -50,6 +68,10 @@ func ValidateSpec(spec *SessionLivedBackendSpec, path *field.Path) field.ErrorLi
 	}
 	if spec.MaxLifetimeSeconds != nil && *spec.MaxLifetimeSeconds < 0 {
 		errs = append(errs, field.Invalid(path.Child("maxLifetimeSeconds"), *spec.MaxLifetimeSeconds, "must not be negative"))
+	}
+	if p := spec.IdlePolicy; p != nil && (p.WSIdleSeconds < 0 || p.WSIdleSeconds > MaxWSIdleSeconds) {
+		errs = append(errs, field.Invalid(path.Child("idlePolicy", "wsIdleSeconds"), p.WSIdleSeconds,
+			fmt.Sprintf("must be between 0 (any open WebSocket counts) and %d", MaxWSIdleSeconds)))
 	}
 	if len(spec.Key) > 253 {
 		errs = append(errs, field.TooLong(path.Child("key"), "", 253))

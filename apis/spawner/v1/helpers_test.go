@@ -87,3 +87,30 @@ func TestValidateSpecNamesTheBadField(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateSpecIdlePolicy(t *testing.T) {
+	base := SessionLivedBackendSpec{Template: BackendPodTemplate{Containers: []corev1.Container{{Name: "app", Image: "x"}}}}
+	for _, tc := range []struct {
+		ws int32
+		ok bool
+	}{{0, true}, {30, true}, {MaxWSIdleSeconds, true}, {-1, false}, {MaxWSIdleSeconds + 1, false}} {
+		spec := base
+		spec.IdlePolicy = &IdlePolicy{WSIdleSeconds: tc.ws}
+		errs := ValidateSpec(&spec, field.NewPath("spec"))
+		if (len(errs) == 0) != tc.ok {
+			t.Errorf("wsIdleSeconds %d: errors %v, want ok=%v", tc.ws, errs, tc.ok)
+		}
+		if !tc.ok && !strings.Contains(errs.ToAggregate().Error(), "spec.idlePolicy.wsIdleSeconds") {
+			t.Errorf("error does not name the field: %v", errs)
+		}
+	}
+	off := false
+	spec := base
+	if !spec.CountsRequests() || spec.WSIdle() != 0 {
+		t.Error("defaults: requests count, no WebSocket idle rule")
+	}
+	spec.IdlePolicy = &IdlePolicy{WSIdleSeconds: 7, CountRequests: &off}
+	if spec.CountsRequests() || spec.WSIdle() != 7*time.Second {
+		t.Errorf("policy not read: %v %v", spec.CountsRequests(), spec.WSIdle())
+	}
+}

@@ -11,6 +11,8 @@ import (
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=slab,categories=spawner
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Connections",type=integer,JSONPath=`.status.activity.connections`,description="Connections keeping the backend alive (WebSockets and in-flight requests, as its idle policy counts them)"
+// +kubebuilder:printcolumn:name="Idle",type=date,JSONPath=`.status.activity.idleSince`,description="How long nothing has kept the backend alive (empty while busy)"
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
 // +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
@@ -61,6 +63,29 @@ type SessionLivedBackendSpec struct {
 	// +kubebuilder:validation:MaxLength=253
 	// +optional
 	Key string `json:"key,omitempty"`
+
+	// IdlePolicy says what counts as activity; left out, every open
+	// WebSocket and every in-flight request keeps the backend alive.
+	// +optional
+	IdlePolicy *IdlePolicy `json:"idlePolicy,omitempty"`
+}
+
+// IdlePolicy says what keeps a backend alive. Whatever it says, the end of a
+// request or WebSocket (and a keepalive call) restarts the grace period.
+type IdlePolicy struct {
+	// WSIdleSeconds, when above 0, makes an open WebSocket count only while
+	// data frames flow: one that carried none for this long stops keeping
+	// the backend alive (a background tab's silent socket). 0, the default:
+	// an open WebSocket always counts.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=86400
+	// +optional
+	WSIdleSeconds int32 `json:"wsIdleSeconds,omitempty"`
+	// CountRequests: an in-flight HTTP request (SSE and long-poll included)
+	// keeps the backend alive for as long as it is open. Default true.
+	// +kubebuilder:default=true
+	// +optional
+	CountRequests *bool `json:"countRequests,omitempty"`
 }
 
 // BackendPodTemplate is the subset of a PodSpec that a backend may set: what
@@ -180,6 +205,45 @@ type SessionLivedBackendStatus struct {
 	// (written when the backend became ready and when it was swept).
 	// +optional
 	LastActiveTime *metav1.Time `json:"lastActiveTime,omitempty"`
+
+	// Activity is why the backend is alive: what its sidecar last reported,
+	// written by the sweeper at most once per backend every few seconds and
+	// at once when the backend turns busy or idle.
+	// +optional
+	Activity *BackendActivity `json:"activity,omitempty"`
+}
+
+// BackendActivity is a backend's use as its sidecar reports it.
+type BackendActivity struct {
+	// Connections is what keeps the backend alive: open WebSockets and
+	// in-flight requests, as its idle policy counts them. 0 means idle.
+	Connections int32 `json:"connections"`
+	// WebSockets is the number of open WebSockets (idle ones included).
+	WebSockets int32 `json:"webSockets"`
+	// InFlightRequests is the number of open HTTP requests (SSE, long-poll).
+	InFlightRequests int32 `json:"inFlightRequests"`
+	// LastActivity says what the backend last did ("WebSocket closed",
+	// "request ended", "WebSocket message", "keepalive"), or what keeps it
+	// busy ("WebSocket open", "request in flight").
+	// +optional
+	LastActivity string `json:"lastActivity,omitempty"`
+	// LastActivityTime is when that was (while busy: when it was reported).
+	// +optional
+	LastActivityTime *metav1.Time `json:"lastActivityTime,omitempty"`
+	// IdleSince is when the backend was last in use; empty while busy.
+	// +optional
+	IdleSince *metav1.Time `json:"idleSince,omitempty"`
+	// SweepAfter is when the backend will be swept if nothing happens
+	// before; empty while busy.
+	// +optional
+	SweepAfter *metav1.Time `json:"sweepAfter,omitempty"`
+	// KeepaliveTime is the last POST /backend/{name}/keepalive; it counts as
+	// activity (written by the api-server).
+	// +optional
+	KeepaliveTime *metav1.Time `json:"keepaliveTime,omitempty"`
+	// UpdateTime is when the sweeper wrote this.
+	// +optional
+	UpdateTime *metav1.Time `json:"updateTime,omitempty"`
 }
 
 // +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object

@@ -39,6 +39,9 @@ type SessionLivedBackendSpecApplyConfiguration struct {
 	// Key, when set, names the session this backend serves: spawner keeps at
 	// most one live backend per key and hands it to every caller asking for it.
 	Key *string `json:"key,omitempty"`
+	// IdlePolicy says what counts as activity; left out, every open
+	// WebSocket and every in-flight request keeps the backend alive.
+	IdlePolicy *IdlePolicyApplyConfiguration `json:"idlePolicy,omitempty"`
 }
 
 // SessionLivedBackendSpecApplyConfiguration constructs a declarative configuration of the SessionLivedBackendSpec type for use with
@@ -84,5 +87,13 @@ func (b *SessionLivedBackendSpecApplyConfiguration) WithMaxLifetimeSeconds(value
 // If called multiple times, the Key field is set to the value of the last call.
 func (b *SessionLivedBackendSpecApplyConfiguration) WithKey(value string) *SessionLivedBackendSpecApplyConfiguration {
 	b.Key = &value
+	return b
+}
+
+// WithIdlePolicy sets the IdlePolicy field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the IdlePolicy field is set to the value of the last call.
+func (b *SessionLivedBackendSpecApplyConfiguration) WithIdlePolicy(value *IdlePolicyApplyConfiguration) *SessionLivedBackendSpecApplyConfiguration {
+	b.IdlePolicy = value
 	return b
 }

@@ -50,6 +50,10 @@ type SessionLivedBackendStatusApplyConfiguration struct {
 	// LastActiveTime is the sidecar's last activity as last reported
 	// (written when the backend became ready and when it was swept).
 	LastActiveTime *apismetav1.Time `json:"lastActiveTime,omitempty"`
+	// Activity is why the backend is alive: what its sidecar last reported,
+	// written by the sweeper at most once per backend every few seconds and
+	// at once when the backend turns busy or idle.
+	Activity *BackendActivityApplyConfiguration `json:"activity,omitempty"`
 }
 
 // SessionLivedBackendStatusApplyConfiguration constructs a declarative configuration of the SessionLivedBackendStatus type for use with
@@ -132,5 +136,13 @@ func (b *SessionLivedBackendStatusApplyConfiguration) WithReadyTime(value apisme
 // If called multiple times, the LastActiveTime field is set to the value of the last call.
 func (b *SessionLivedBackendStatusApplyConfiguration) WithLastActiveTime(value apismetav1.Time) *SessionLivedBackendStatusApplyConfiguration {
 	b.LastActiveTime = &value
+	return b
+}
+
+// WithActivity sets the Activity field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Activity field is set to the value of the last call.
+func (b *SessionLivedBackendStatusApplyConfiguration) WithActivity(value *BackendActivityApplyConfiguration) *SessionLivedBackendStatusApplyConfiguration {
+	b.Activity = value
 	return b
 }
