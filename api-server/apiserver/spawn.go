@@ -30,7 +30,6 @@ const (
 	maxArgs               = 256
 	maxEnv                = 256
 	maxLabels             = 32
-	maxKeyLen             = 253
 	maxGracePeriodSeconds = 7 * 24 * 3600
 	maxLifetimeSeconds    = 366 * 24 * 3600
 	appContainerName      = "app"
@@ -189,19 +188,14 @@ func validText(s string) bool {
 // Validate checks a spawn request; nil means it can be created.
 func (req *SpawnRequest) Validate() field.ErrorList {
 	var errs field.ErrorList
-	root := field.NewPath("")
-	_ = root
 	if err := validImage(req.Image); err != nil {
 		errs = append(errs, field.Invalid(field.NewPath("image"), req.Image, err.Error()))
 	}
-	if req.Port != 0 {
-		switch {
-		case req.Port < 1 || req.Port > 65535:
-			errs = append(errs, field.Invalid(field.NewPath("port"), req.Port, "must be between 1 and 65535"))
-		case req.Port == spawnerv1.SidecarServePort || req.Port == spawnerv1.SidecarStatusPort:
-			errs = append(errs, field.Invalid(field.NewPath("port"), req.Port,
-				fmt.Sprintf("ports %d and %d belong to the spawner sidecar", spawnerv1.SidecarServePort, spawnerv1.SidecarStatusPort)))
-		}
+	// The range is checked here because port is an int64 that buildSlab
+	// narrows to spec.httpPort's int32; the sidecar's ports are refused by
+	// spawnerv1.ValidateSpec (parseSpawn), like every other spec rule.
+	if req.Port != 0 && (req.Port < 1 || req.Port > 65535) {
+		errs = append(errs, field.Invalid(field.NewPath("port"), req.Port, "must be between 1 and 65535"))
 	}
 	if len(req.Env) > maxEnv {
 		errs = append(errs, field.TooMany(field.NewPath("env"), len(req.Env), maxEnv))
@@ -220,9 +214,8 @@ func (req *SpawnRequest) Validate() field.ErrorList {
 	if m := req.MaxLifetimeSeconds; m != nil && (*m < 1 || *m > maxLifetimeSeconds) {
 		errs = append(errs, field.Invalid(field.NewPath("maxLifetimeSeconds"), *m, fmt.Sprintf("must be between 1 and %d", maxLifetimeSeconds)))
 	}
-	if len(req.Key) > maxKeyLen {
-		errs = append(errs, field.TooLong(field.NewPath("key"), "", maxKeyLen))
-	} else if !validText(req.Key) {
+	// Its length is spawnerv1.ValidateSpec's to check.
+	if !validText(req.Key) {
 		errs = append(errs, field.Invalid(field.NewPath("key"), req.Key, "must not contain control characters"))
 	}
 	if len(req.Args) > maxArgs {

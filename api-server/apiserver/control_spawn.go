@@ -1,0 +1,196 @@
+package apiserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"spawner.dev/apis/lifecycle"
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+)
+
+func (s *Server) backendURL(name, tok string) string {
+	return s.publicBase + "/p/" + name + "/?" + tokenParam + "=" + url.QueryEscape(tok)
+}
+
+func (s *Server) spawnResponse(r *http.Request, slab *spawnerv1.SessionLivedBackend, spawned bool) (SpawnResponse, error) {
+	tok, ok := s.creds.access.tokenFor(slab)
+	if !ok {
+		return SpawnResponse{}, fmt.Errorf("backend %s has no %s annotation; its URL cannot be derived", slab.Name, AnnotationAccessTokenSalt)
+	}
+	base := s.controlBase(r) + "/backend/" + slab.Name
+	q := "?" + tokenParam + "=" + url.QueryEscape(tok)
+	return SpawnResponse{
+		Name: slab.Name, URL: s.backendURL(slab.Name, tok),
+		ReadyURL: base + "/ready" + q, StatusURL: base + "/status" + q, Spawned: spawned,
+	}, nil
+}
+
+func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
+	tok, _ := bearer(r) // authed checked it
+	tid := tokenID(tok)
+	if le := s.limits.allow(tid); le != nil {
+		s.log.Info("spawn refused: rate limit", "tokenID", tid, "retryAfter", le.retryAfter)
+		le.write(w)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxSpawnBody)
+	salt := newSalt()
+	req, slab, rerr := parseSpawn(r.Body, s.cfg.BackendNamespace, salt, hashToken(s.creds.access.token(salt)))
+	if rerr != nil {
+		s.metrics.spawnInvalid.Inc()
+		writeError(w, rerr.status, rerr.msg)
+		return
+	}
+	slab.Labels[LabelTokenID] = tid
+	// The cap applies to new backends only: asking again for a key that has
+	// a live backend hands that one out.
+	if req.Key == "" || oldestLive(s.slabsForKey(req.Key)) == nil {
+		if le := s.limits.admit(tid); le != nil {
+			s.log.Info("spawn refused: live-backend cap", "tokenID", tid)
+			le.write(w)
+			return
+		}
+	}
+	var (
+		got     *spawnerv1.SessionLivedBackend
+		spawned bool
+		err     error
+	)
+	if req.Key == "" {
+		slab.GenerateName = slabNamePrefix
+		got, err = s.slabs.SpawnerV1().SessionLivedBackends(s.cfg.BackendNamespace).Create(r.Context(), slab, metav1.CreateOptions{})
+		spawned = err == nil
+	} else {
+		got, spawned, err = s.getOrCreate(r.Context(), req.Key, slab)
+	}
+	if err != nil {
+		s.metrics.spawnErrors.Inc()
+		status, msg := http.StatusBadGateway, "creating the backend: "+err.Error()
+		var se apierrors.APIStatus
+		if errors.As(err, &se) && apierrors.IsInvalid(err) {
+			status = http.StatusUnprocessableEntity
+		} else if apierrors.IsForbidden(err) || apierrors.IsTooManyRequests(err) {
+			status = http.StatusServiceUnavailable // e.g. a ResourceQuota is exhausted
+		}
+		s.log.Error("spawn failed", "key", req.Key, "err", err)
+		writeError(w, status, msg)
+		return
+	}
+	resp, err := s.spawnResponse(r, got, spawned)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	code := http.StatusOK
+	if spawned {
+		s.limits.created(tid, got.Namespace+"/"+got.Name)
+		code = http.StatusCreated
+		s.metrics.spawnCreated.Inc()
+		s.log.Info("backend spawned", "name", got.Name, "image", req.Image, "key", req.Key)
+	} else {
+		s.metrics.spawnExisting.Inc()
+	}
+	writeJSON(w, code, resp)
+}
+
+// live reports whether a backend may still serve (and so be handed out for its key).
+func live(slab *spawnerv1.SessionLivedBackend) bool {
+	return slab.DeletionTimestamp == nil && !lifecycle.IsEnding(phaseOf(slab))
+}
+
+func phaseOf(slab *spawnerv1.SessionLivedBackend) spawnerv1.BackendPhase {
+	if slab.Status.Phase != "" {
+		return slab.Status.Phase
+	}
+	return lifecycle.PhaseOf(slab.Status.Conditions)
+}
+
+// generationOf parses the generation of a keyed name k-<hash16>-<n>.
+func generationOf(name, key string) int {
+	prefix := "k-" + keyHash(key)[:16] + "-"
+	if !strings.HasPrefix(name, prefix) {
+		return 0
+	}
+	n, err := strconv.Atoi(name[len(prefix):])
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
+// oldestLive picks the backend to hand out among a key's backends.
+func oldestLive(slabs []*spawnerv1.SessionLivedBackend) *spawnerv1.SessionLivedBackend {
+	var best *spawnerv1.SessionLivedBackend
+	for _, sl := range slabs {
+		if !live(sl) {
+			continue
+		}
+		if best == nil || sl.CreationTimestamp.Before(&best.CreationTimestamp) ||
+			(sl.CreationTimestamp.Equal(&best.CreationTimestamp) && generationOf(sl.Name, sl.Spec.Key) < generationOf(best.Name, best.Spec.Key)) {
+			best = sl
+		}
+	}
+	return best
+}
+
+// getOrCreate returns the key's live backend, creating one when there is
+// none. Atomicity comes from the API server: backends of a key have
+// deterministic names k-<hash>-<generation>, so concurrent creators of the
+// same generation (in any replica) collide on AlreadyExists and all but one
+// adopt the winner's backend. A generation whose backend ended is skipped.
+func (s *Server) getOrCreate(ctx context.Context, key string, slab *spawnerv1.SessionLivedBackend) (*spawnerv1.SessionLivedBackend, bool, error) {
+	cached := s.slabsForKey(key)
+	if l := oldestLive(cached); l != nil {
+		return l, false, nil
+	}
+	client := s.slabs.SpawnerV1().SessionLivedBackends(s.cfg.BackendNamespace)
+	// Slow path: the cache may lag; ask the API server (a consistent list).
+	list, err := client.List(ctx, metav1.ListOptions{LabelSelector: spawnerv1.LabelKeyHash + "=" + keyHashLabel(key)})
+	if err != nil {
+		return nil, false, err
+	}
+	fresh := make([]*spawnerv1.SessionLivedBackend, 0, len(list.Items))
+	gen := 0
+	for i := range list.Items {
+		if list.Items[i].Spec.Key == key {
+			fresh = append(fresh, &list.Items[i])
+		}
+	}
+	if l := oldestLive(fresh); l != nil {
+		return l, false, nil
+	}
+	for _, sl := range append(cached, fresh...) {
+		gen = max(gen, generationOf(sl.Name, key))
+	}
+	gen++
+	for attempts := 0; attempts < 64; attempts++ {
+		obj := slab.DeepCopy()
+		obj.Name = keyedName(key, gen)
+		created, err := client.Create(ctx, obj, metav1.CreateOptions{})
+		if err == nil {
+			return created, true, nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return nil, false, err
+		}
+		existing, err := client.Get(ctx, obj.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			continue // deleted in between: try the same generation again
+		case err != nil:
+			return nil, false, err
+		case existing.Spec.Key == key && live(existing):
+			return existing, false, nil
+		}
+		gen++ // that generation ended (or a hash collision took the name)
+	}
+	return nil, false, fmt.Errorf("no free backend name for key %q after 64 attempts", key)
+}

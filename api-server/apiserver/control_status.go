@@ -1,0 +1,195 @@
+package apiserver
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"spawner.dev/apis/lifecycle"
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+)
+
+// The per-backend read endpoints: status, status/stream, ready.
+
+// StatusResponse is one state of a backend.
+type StatusResponse struct {
+	State   string `json:"state"`
+	Time    string `json:"time"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+// StateDeleted is the last event of a status stream whose backend is gone.
+const StateDeleted = "Deleted"
+
+// phaseConditions maps phases, in order, to the condition that records them.
+var phaseConditions = []struct {
+	phase     spawnerv1.BackendPhase
+	condition string
+}{
+	{lifecycle.Pending, lifecycle.ConditionPodCreated},
+	{lifecycle.Scheduled, lifecycle.ConditionScheduled},
+	{lifecycle.Running, lifecycle.ConditionRunning},
+	{lifecycle.Ready, lifecycle.ConditionReady},
+	{lifecycle.Swept, lifecycle.ConditionSwept},
+	{lifecycle.Terminating, lifecycle.ConditionTerminating},
+	{lifecycle.Failed, lifecycle.ConditionFailed},
+}
+
+func formatTime(t metav1.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// transition is the state of phase index i, and false when not reached.
+func transition(slab *spawnerv1.SessionLivedBackend, i int) (StatusResponse, bool) {
+	pc := phaseConditions[i]
+	var c *metav1.Condition
+	for j := range slab.Status.Conditions {
+		if slab.Status.Conditions[j].Type == pc.condition {
+			c = &slab.Status.Conditions[j]
+		}
+	}
+	if pc.phase == lifecycle.Pending {
+		// Pending starts when the backend is created; PodCreated (if any) explains it.
+		st := StatusResponse{State: string(lifecycle.Pending), Time: formatTime(slab.CreationTimestamp), Reason: "Created"}
+		if c != nil && c.Status == metav1.ConditionTrue {
+			st.Reason, st.Message = c.Reason, c.Message
+		}
+		return st, true
+	}
+	if c == nil || c.Status != metav1.ConditionTrue {
+		return StatusResponse{}, false
+	}
+	return StatusResponse{State: string(pc.phase), Time: formatTime(c.LastTransitionTime), Reason: c.Reason, Message: c.Message}, true
+}
+
+func phaseIndex(p spawnerv1.BackendPhase) int {
+	for i, pc := range phaseConditions {
+		if pc.phase == p {
+			return i
+		}
+	}
+	return 0
+}
+
+// currentStatus is the backend's current state.
+func currentStatus(slab *spawnerv1.SessionLivedBackend) StatusResponse {
+	st, ok := transition(slab, phaseIndex(phaseOf(slab)))
+	if !ok {
+		st, _ = transition(slab, 0)
+	}
+	if st.Message == "" && phaseOf(slab) == lifecycle.Failed {
+		st.Message = slab.Status.Message
+	}
+	return st
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	slab, ok := s.slab(r.PathValue("name"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "no backend named "+r.PathValue("name"))
+		return
+	}
+	writeJSON(w, http.StatusOK, currentStatus(slab))
+}
+
+// handleStream sends every past transition of a backend, then the live ones,
+// as server-sent events, until it failed or is deleted.
+func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	wake, unsubscribe := s.watchers.subscribe(name)
+	defer unsubscribe()
+	slab, ok := s.slab(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, "no backend named "+name)
+		return
+	}
+	uid := slab.UID
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	send := func(st StatusResponse) {
+		b, _ := json.Marshal(st)
+		fmt.Fprintf(w, "data: %s\n\n", b)
+	}
+	keepAlive := time.NewTicker(15 * time.Second)
+	defer keepAlive.Stop()
+	last := -1
+	for {
+		slab, ok := s.slab(name)
+		if !ok || slab.UID != uid {
+			send(StatusResponse{State: StateDeleted, Time: time.Now().UTC().Format(time.RFC3339), Reason: "Deleted", Message: "the backend no longer exists"})
+			rc.Flush()
+			return
+		}
+		for i := last + 1; i < len(phaseConditions); i++ {
+			if st, ok := transition(slab, i); ok {
+				send(st)
+				last = i
+			}
+		}
+		rc.Flush()
+		if phaseConditions[max(last, 0)].phase == lifecycle.Failed {
+			return
+		}
+		select {
+		case <-wake:
+		case <-keepAlive.C:
+			io.WriteString(w, ": keep-alive\n\n")
+			rc.Flush()
+		case <-r.Context().Done():
+			return
+		case <-s.shuttingDown:
+			return
+		}
+	}
+}
+
+func wantsJSON(r *http.Request) bool {
+	a := r.Header.Get("Accept")
+	return strings.Contains(a, "application/json") && !strings.Contains(a, "text/html")
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	slab, ok := s.slab(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, "no backend named "+name)
+		return
+	}
+	st := currentStatus(slab)
+	switch phase := phaseOf(slab); {
+	case phase == lifecycle.Ready:
+		tok, ok := s.creds.access.tokenFor(slab)
+		if !ok {
+			writeError(w, http.StatusInternalServerError, "backend has no access-token salt")
+			return
+		}
+		w.Header().Set("Cache-Control", "no-store")
+		http.Redirect(w, r, s.backendURL(name, tok), http.StatusFound)
+	case lifecycle.IsEnding(phase) || slab.DeletionTimestamp != nil:
+		if wantsJSON(r) {
+			writeJSON(w, http.StatusGone, map[string]any{"error": "backend has ended", "status": st})
+			return
+		}
+		writePage(w, http.StatusGone, endedPage, name, st)
+	default:
+		w.Header().Set("Retry-After", "1")
+		if wantsJSON(r) {
+			writeJSON(w, http.StatusConflict, map[string]any{"error": "backend is not ready yet", "status": st})
+			return
+		}
+		writePage(w, http.StatusConflict, awaitingControlPage, name, st)
+	}
+}

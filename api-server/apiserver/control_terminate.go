@@ -1,0 +1,90 @@
+package apiserver
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+
+	"spawner.dev/apis/lifecycle"
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+)
+
+// TerminateRequest is the optional body of POST /backend/{name}/terminate.
+type TerminateRequest struct {
+	Hard bool `json:"hard"`
+}
+
+func (s *Server) handleTerminate(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var req TerminateRequest
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "body too large")
+		return
+	}
+	if len(strings.TrimSpace(string(body))) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(body)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, "invalid JSON body: "+err.Error())
+			return
+		}
+	}
+	if _, ok := s.slab(name); !ok {
+		writeError(w, http.StatusNotFound, "no backend named "+name)
+		return
+	}
+	ns := s.cfg.BackendNamespace
+	ctx := r.Context()
+	if req.Hard {
+		zero := int64(0)
+		bg := metav1.DeletePropagationBackground
+		if err := s.kube.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
+			writeError(w, http.StatusBadGateway, "deleting the pod: "+err.Error())
+			return
+		}
+		if err := s.slabs.SpawnerV1().SessionLivedBackends(ns).Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
+			writeError(w, http.StatusBadGateway, "deleting the backend: "+err.Error())
+			return
+		}
+		s.log.Info("backend terminated (hard)", "name", name)
+		writeJSON(w, http.StatusAccepted, map[string]any{"name": name, "state": StateDeleted, "hard": true})
+		return
+	}
+	client := s.slabs.SpawnerV1().SessionLivedBackends(ns)
+	var final spawnerv1.BackendPhase
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := client.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		final = phaseOf(cur)
+		if lifecycle.IsEnding(final) || cur.DeletionTimestamp != nil {
+			return nil // already on its way out
+		}
+		if !lifecycle.Record(&cur.Status, lifecycle.ConditionSwept, lifecycle.ReasonTerminationRequested,
+			"termination requested through the api-server", cur.Generation) {
+			return nil
+		}
+		updated, err := client.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		if err == nil {
+			final = updated.Status.Phase
+		}
+		return err
+	})
+	switch {
+	case apierrors.IsNotFound(err):
+		writeError(w, http.StatusNotFound, "no backend named "+name)
+		return
+	case err != nil:
+		writeError(w, http.StatusBadGateway, "recording the termination request: "+err.Error())
+		return
+	}
+	s.log.Info("backend termination requested", "name", name, "phase", final)
+	writeJSON(w, http.StatusAccepted, map[string]any{"name": name, "state": final, "hard": false})
+}
