@@ -50,8 +50,8 @@ func newFixture(t *testing.T, slab *spawnerv1.SessionLivedBackend, pods ...*core
 	kf := informers.NewSharedInformerFactory(f.kube, 0)
 	slabs := sf.Spawner().V1().SessionLivedBackends()
 	podInf := kf.Core().V1().Pods()
-	c, err := New(f.kube, f.spawner, slabs.Informer(), slabs.Lister(), podInf.Informer(), podInf.Lister(), f.recorder, nil, f.clock,
-		Options{Sidecar: testSidecar, PublicBaseURL: "https://spawner.example/", StartupTimeout: 5 * time.Minute, FailedRetention: 10 * time.Minute})
+	c, err := New(Params{Kube: f.kube, Spawner: f.spawner, Slabs: slabs, Pods: podInf, Recorder: f.recorder, Clock: f.clock,
+		Options: Options{Sidecar: testSidecar, PublicBaseURL: "https://spawner.example/", StartupTimeout: 5 * time.Minute, FailedRetention: 10 * time.Minute}})
 	if err != nil {
 		t.Fatal(err)
 	}

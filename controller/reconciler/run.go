@@ -240,7 +240,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}))
 		slabs := spawnerFactory.Spawner().V1().SessionLivedBackends()
 		pods := kubeFactory.Core().V1().Pods()
-		c, err := New(kube, sp, slabs.Informer(), slabs.Lister(), pods.Informer(), pods.Lister(), recorder, m, nil, opts)
+		c, err := New(Params{Kube: kube, Spawner: sp, Slabs: slabs, Pods: pods, Recorder: recorder, Metrics: m, Options: opts})
 		if err != nil {
 			return err
 		}
