@@ -103,14 +103,7 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 
 // live reports whether a backend may still serve (and so be handed out for its key).
 func live(slab *spawnerv1.SessionLivedBackend) bool {
-	return slab.DeletionTimestamp == nil && !lifecycle.IsEnding(phaseOf(slab))
-}
-
-func phaseOf(slab *spawnerv1.SessionLivedBackend) spawnerv1.BackendPhase {
-	if slab.Status.Phase != "" {
-		return slab.Status.Phase
-	}
-	return lifecycle.PhaseOf(slab.Status.Conditions)
+	return slab.DeletionTimestamp == nil && !lifecycle.IsEnding(lifecycle.Phase(slab))
 }
 
 // generationOf parses the generation of a keyed name k-<hash16>-<n>.

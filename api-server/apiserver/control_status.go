@@ -8,13 +8,12 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
-
-// The per-backend read endpoints: status, status/stream, ready.
 
 // StatusResponse is one state of a backend.
 type StatusResponse struct {
@@ -27,19 +26,9 @@ type StatusResponse struct {
 // StateDeleted is the last event of a status stream whose backend is gone.
 const StateDeleted = "Deleted"
 
-// phaseConditions maps phases, in order, to the condition that records them.
-var phaseConditions = []struct {
-	phase     spawnerv1.BackendPhase
-	condition string
-}{
-	{lifecycle.Pending, lifecycle.ConditionPodCreated},
-	{lifecycle.Scheduled, lifecycle.ConditionScheduled},
-	{lifecycle.Running, lifecycle.ConditionRunning},
-	{lifecycle.Ready, lifecycle.ConditionReady},
-	{lifecycle.Swept, lifecycle.ConditionSwept},
-	{lifecycle.Terminating, lifecycle.ConditionTerminating},
-	{lifecycle.Failed, lifecycle.ConditionFailed},
-}
+// milestones are the phases in order with their conditions (the stream sends
+// them in this order).
+var milestones = lifecycle.Milestones()
 
 func formatTime(t metav1.Time) string {
 	if t.IsZero() {
@@ -50,14 +39,9 @@ func formatTime(t metav1.Time) string {
 
 // transition is the state of phase index i, and false when not reached.
 func transition(slab *spawnerv1.SessionLivedBackend, i int) (StatusResponse, bool) {
-	pc := phaseConditions[i]
-	var c *metav1.Condition
-	for j := range slab.Status.Conditions {
-		if slab.Status.Conditions[j].Type == pc.condition {
-			c = &slab.Status.Conditions[j]
-		}
-	}
-	if pc.phase == lifecycle.Pending {
+	m := milestones[i]
+	c := meta.FindStatusCondition(slab.Status.Conditions, m.Condition)
+	if m.Phase == lifecycle.Pending {
 		// Pending starts when the backend is created; PodCreated (if any) explains it.
 		st := StatusResponse{State: string(lifecycle.Pending), Time: formatTime(slab.CreationTimestamp), Reason: "Created"}
 		if c != nil && c.Status == metav1.ConditionTrue {
@@ -68,12 +52,12 @@ func transition(slab *spawnerv1.SessionLivedBackend, i int) (StatusResponse, boo
 	if c == nil || c.Status != metav1.ConditionTrue {
 		return StatusResponse{}, false
 	}
-	return StatusResponse{State: string(pc.phase), Time: formatTime(c.LastTransitionTime), Reason: c.Reason, Message: c.Message}, true
+	return StatusResponse{State: string(m.Phase), Time: formatTime(c.LastTransitionTime), Reason: c.Reason, Message: c.Message}, true
 }
 
 func phaseIndex(p spawnerv1.BackendPhase) int {
-	for i, pc := range phaseConditions {
-		if pc.phase == p {
+	for i, m := range milestones {
+		if m.Phase == p {
 			return i
 		}
 	}
@@ -82,11 +66,12 @@ func phaseIndex(p spawnerv1.BackendPhase) int {
 
 // currentStatus is the backend's current state.
 func currentStatus(slab *spawnerv1.SessionLivedBackend) StatusResponse {
-	st, ok := transition(slab, phaseIndex(phaseOf(slab)))
+	phase := lifecycle.Phase(slab)
+	st, ok := transition(slab, phaseIndex(phase))
 	if !ok {
 		st, _ = transition(slab, 0)
 	}
-	if st.Message == "" && phaseOf(slab) == lifecycle.Failed {
+	if st.Message == "" && phase == lifecycle.Failed {
 		st.Message = slab.Status.Message
 	}
 	return st
@@ -133,14 +118,14 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 			rc.Flush()
 			return
 		}
-		for i := last + 1; i < len(phaseConditions); i++ {
+		for i := last + 1; i < len(milestones); i++ {
 			if st, ok := transition(slab, i); ok {
 				send(st)
 				last = i
 			}
 		}
 		rc.Flush()
-		if phaseConditions[max(last, 0)].phase == lifecycle.Failed {
+		if milestones[max(last, 0)].Phase == lifecycle.Failed {
 			return
 		}
 		select {
@@ -169,7 +154,7 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := currentStatus(slab)
-	switch phase := phaseOf(slab); {
+	switch phase := lifecycle.Phase(slab); {
 	case phase == lifecycle.Ready:
 		tok, ok := s.creds.access.tokenFor(slab)
 		if !ok {

@@ -63,7 +63,7 @@ func (s *Server) handleTerminate(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return err
 		}
-		final = phaseOf(cur)
+		final = lifecycle.Phase(cur)
 		if lifecycle.IsEnding(final) || cur.DeletionTimestamp != nil {
 			return nil // already on its way out
 		}

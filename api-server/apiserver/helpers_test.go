@@ -140,21 +140,20 @@ func (e *testEnv) addBackend(name string, phase spawnerv1.BackendPhase) string {
 	return tok
 }
 
-// setPhase records the conditions up to phase.
+// setPhase records the conditions up to phase, in the order of
+// lifecycle.Milestones (Failed: PodCreated, then Failed).
 func setPhase(slab *spawnerv1.SessionLivedBackend, phase spawnerv1.BackendPhase) {
-	order := []string{lifecycle.ConditionPodCreated, lifecycle.ConditionScheduled, lifecycle.ConditionRunning, lifecycle.ConditionReady,
-		lifecycle.ConditionSwept, lifecycle.ConditionTerminating}
-	target := map[spawnerv1.BackendPhase]int{lifecycle.Pending: 1, lifecycle.Scheduled: 2, lifecycle.Running: 3, lifecycle.Ready: 4,
-		lifecycle.Swept: 5, lifecycle.Terminating: 6}
 	if phase == lifecycle.Failed {
 		lifecycle.Record(&slab.Status, lifecycle.ConditionPodCreated, "PodCreated", "", 0)
 		lifecycle.Record(&slab.Status, lifecycle.ConditionFailed, lifecycle.ReasonAppExited, "exit 1", 0)
 		return
 	}
-	for _, c := range order[:target[phase]] {
-		lifecycle.Record(&slab.Status, c, c, "", 0)
+	for _, m := range lifecycle.Milestones() {
+		lifecycle.Record(&slab.Status, m.Condition, m.Condition, "", 0)
+		if m.Phase == phase {
+			break
+		}
 	}
-	slab.Status.Phase = lifecycle.PhaseOf(slab.Status.Conditions)
 }
 
 func (e *testEnv) updatePhase(name string, phase spawnerv1.BackendPhase) {
@@ -171,7 +170,7 @@ func (e *testEnv) updatePhase(name string, phase spawnerv1.BackendPhase) {
 	}
 	e.eventually(func() bool {
 		s, ok := e.s.slab(name)
-		return ok && s.Status.Phase == phase
+		return ok && lifecycle.Phase(s) == phase
 	})
 }
 

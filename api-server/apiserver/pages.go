@@ -3,6 +3,8 @@ package apiserver
 import (
 	"html/template"
 	"net/http"
+
+	"spawner.dev/apis/lifecycle"
 )
 
 var pageTemplates = template.Must(template.New("pages").Parse(`
@@ -39,8 +41,8 @@ main{text-align:center}.s{color:#888;font-size:.9em}</style></head><body><main>{
   es.onmessage = function(ev){
     var st = JSON.parse(ev.data);
     el.textContent = st.state + (st.message ? ": " + st.message : "");
-    if (st.state === "Ready") { es.close(); location.reload(); }
-    if (st.state === "Failed" || st.state === "Deleted" || st.state === "Swept" || st.state === "Terminating") { es.close(); }
+    if (st.state === {{.ReadyState}}) { es.close(); location.reload(); }
+    if ({{.EndStates}}.indexOf(st.state) >= 0) { es.close(); }
   };
   es.onerror = function(){ es.close(); fallback(); };
 })();
@@ -70,5 +72,19 @@ func writePage(w http.ResponseWriter, status int, page, name string, st StatusRe
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	pageTemplates.ExecuteTemplate(w, page, map[string]any{"Title": "spawner: " + name, "Status": st})
+	pageTemplates.ExecuteTemplate(w, page, map[string]any{
+		"Title": "spawner: " + name, "Status": st, "ReadyState": string(lifecycle.Ready), "EndStates": endStates,
+	})
 }
+
+// endStates are the states after which the waiting page stops listening: the
+// ending phases (lifecycle.IsEnding) and StateDeleted.
+var endStates = func() []string {
+	var out []string
+	for _, m := range lifecycle.Milestones() {
+		if lifecycle.IsEnding(m.Phase) {
+			out = append(out, string(m.Phase))
+		}
+	}
+	return append(out, StateDeleted)
+}()

@@ -167,7 +167,7 @@ type upstream struct{ addr, proof string }
 // and, once it is Ready with a running pod, the sidecar's address.
 func (s *Server) routable(name string) (slab *spawnerv1.SessionLivedBackend, up upstream) {
 	slab, err := s.slabLister.Get(name)
-	if err != nil || phaseOf(slab) != lifecycle.Ready {
+	if err != nil || lifecycle.Phase(slab) != lifecycle.Ready {
 		return slab, up
 	}
 	if pod, ok := s.pod(name); ok && pod.DeletionTimestamp == nil && pod.Status.Phase == corev1.PodRunning {

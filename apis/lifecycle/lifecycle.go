@@ -5,6 +5,8 @@
 package lifecycle
 
 import (
+	"slices"
+
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -54,28 +56,56 @@ const (
 	ReasonInvalidSpec          = "InvalidSpec"
 )
 
-// milestones lists the phases a condition leads to, latest first: the phase
-// is the first one whose condition is true.
-var milestones = []struct {
-	condition string
-	phase     spawnerv1.BackendPhase
-}{
-	{ConditionFailed, Failed},
-	{ConditionTerminating, Terminating},
-	{ConditionSwept, Swept},
-	{ConditionReady, Ready},
-	{ConditionRunning, Running},
-	{ConditionScheduled, Scheduled},
+// Milestone is a phase and the condition that records it.
+type Milestone struct {
+	Phase     spawnerv1.BackendPhase
+	Condition string
 }
 
-// PhaseOf is the phase that the conditions amount to.
-func PhaseOf(conditions []metav1.Condition) spawnerv1.BackendPhase {
+// milestones are the phases in the order a healthy backend passes through
+// them, then Failed (reachable from any phase that is not ending). A backend
+// is Pending from its creation; PodCreated only explains that phase.
+var milestones = []Milestone{
+	{Pending, ConditionPodCreated},
+	{Scheduled, ConditionScheduled},
+	{Running, ConditionRunning},
+	{Ready, ConditionReady},
+	{Swept, ConditionSwept},
+	{Terminating, ConditionTerminating},
+	{Failed, ConditionFailed},
+}
+
+// Milestones returns every phase, in order, with the condition that records
+// it. Lists of phases (the api-server's status stream, the waiting page) come
+// from here.
+func Milestones() []Milestone { return slices.Clone(milestones) }
+
+// ConditionOf is the condition that records a phase, "" for an unknown one.
+func ConditionOf(phase spawnerv1.BackendPhase) string {
 	for _, m := range milestones {
-		if meta.IsStatusConditionTrue(conditions, m.condition) {
-			return m.phase
+		if m.Phase == phase {
+			return m.Condition
+		}
+	}
+	return ""
+}
+
+// PhaseOf is the phase that the conditions amount to: the latest milestone
+// whose condition is true, Pending when none after it is.
+func PhaseOf(conditions []metav1.Condition) spawnerv1.BackendPhase {
+	for i := len(milestones) - 1; i > 0; i-- {
+		if meta.IsStatusConditionTrue(conditions, milestones[i].Condition) {
+			return milestones[i].Phase
 		}
 	}
 	return Pending
+}
+
+// Phase is a backend's phase, computed from its conditions: the authority
+// every reader uses (status.phase stores the same value, for kubectl and
+// for watchers that select on it).
+func Phase(slab *spawnerv1.SessionLivedBackend) spawnerv1.BackendPhase {
+	return PhaseOf(slab.Status.Conditions)
 }
 
 // IsEnding reports whether a backend in this phase will never serve again:
@@ -85,12 +115,22 @@ func IsEnding(phase spawnerv1.BackendPhase) bool {
 }
 
 // Record sets a true condition (keeping the original transition time when it
-// was already true) and recomputes the phase. It reports whether anything
-// changed, so callers skip writes that would change nothing.
+// was already true) and recomputes the phase. A condition that ends the
+// backend (Swept, Terminating, Failed) also becomes status.reason and
+// status.message, the one-line why that kubectl and clients read. It reports
+// whether anything changed, so callers skip writes that would change nothing.
 func Record(status *spawnerv1.SessionLivedBackendStatus, conditionType, reason, message string, generation int64) bool {
-	return set(status, metav1.Condition{
+	changed := set(status, metav1.Condition{
 		Type: conditionType, Status: metav1.ConditionTrue, Reason: reason, Message: message, ObservedGeneration: generation,
 	})
+	switch conditionType {
+	case ConditionSwept, ConditionTerminating, ConditionFailed:
+		if status.Reason != reason || status.Message != message {
+			status.Reason, status.Message = reason, message
+			changed = true
+		}
+	}
+	return changed
 }
 
 // Clear sets a condition false (for milestones that can be lost, such as

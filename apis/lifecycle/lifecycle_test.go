@@ -98,3 +98,49 @@ func TestOnlyEndingPhasesAreEnding(t *testing.T) {
 		}
 	}
 }
+
+func TestMilestonesListEveryPhaseInOrder(t *testing.T) {
+	want := []spawnerv1.BackendPhase{Pending, Scheduled, Running, Ready, Swept, Terminating, Failed}
+	got := Milestones()
+	if len(got) != len(want) {
+		t.Fatalf("%d milestones, want %d", len(got), len(want))
+	}
+	for i, m := range got {
+		if m.Phase != want[i] {
+			t.Errorf("milestone %d is %s, want %s", i, m.Phase, want[i])
+		}
+		if ConditionOf(m.Phase) != m.Condition {
+			t.Errorf("ConditionOf(%s) = %q, want %q", m.Phase, ConditionOf(m.Phase), m.Condition)
+		}
+	}
+	got[0].Phase = "Changed"
+	if Milestones()[0].Phase != Pending {
+		t.Error("Milestones handed out its own list: a caller changed the phase machine")
+	}
+}
+
+func TestPhaseIsComputedFromTheConditions(t *testing.T) {
+	var slab spawnerv1.SessionLivedBackend
+	Record(&slab.Status, ConditionRunning, ReasonContainersStarted, "", 1)
+	slab.Status.Phase = Pending // a stale stored summary does not decide
+	if got := Phase(&slab); got != Running {
+		t.Fatalf("Phase = %s, want Running", got)
+	}
+}
+
+func TestRecordWritesWhyTheBackendEnds(t *testing.T) {
+	var status spawnerv1.SessionLivedBackendStatus
+	Record(&status, ConditionReady, ReasonAppListening, "listening", 1)
+	if status.Reason != "" || status.Message != "" {
+		t.Fatalf("a progress milestone set status.reason/message: %q %q", status.Reason, status.Message)
+	}
+	for _, c := range []string{ConditionSwept, ConditionTerminating, ConditionFailed} {
+		var st spawnerv1.SessionLivedBackendStatus
+		if !Record(&st, c, "Why", "because", 1) {
+			t.Fatalf("Record(%s) reported no change", c)
+		}
+		if st.Reason != "Why" || st.Message != "because" {
+			t.Errorf("after %s: reason %q message %q, want Why/because", c, st.Reason, st.Message)
+		}
+	}
+}

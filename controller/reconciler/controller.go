@@ -18,6 +18,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -157,24 +158,19 @@ func (c *Controller) enqueueSlab(obj interface{}) {
 func (c *Controller) observeTransition(old, obj interface{}) {
 	o, ok1 := old.(*spawnerv1.SessionLivedBackend)
 	n, ok2 := obj.(*spawnerv1.SessionLivedBackend)
-	if !ok1 || !ok2 || o.Status.Phase == n.Status.Phase {
+	if !ok1 || !ok2 {
 		return
 	}
-	var cond string
-	switch n.Status.Phase {
-	case lifecycle.Ready:
-		cond = lifecycle.ConditionReady
-	case lifecycle.Swept:
-		cond = lifecycle.ConditionSwept
-	default:
+	phase := lifecycle.Phase(n)
+	if phase == lifecycle.Phase(o) || (phase != lifecycle.Ready && phase != lifecycle.Swept) {
 		return
 	}
 	reason, msg := "", ""
-	if cnd := metaCondition(&n.Status, cond); cnd != nil {
+	if cnd := meta.FindStatusCondition(n.Status.Conditions, lifecycle.ConditionOf(phase)); cnd != nil {
 		reason, msg = cnd.Reason, cnd.Message
 	}
-	c.metrics.transition(n.Status.Phase)
-	c.recorder.Event(n, corev1.EventTypeNormal, string(n.Status.Phase), reason+": "+msg)
+	c.metrics.transition(phase)
+	c.recorder.Event(n, corev1.EventTypeNormal, string(phase), reason+": "+msg)
 }
 
 func (c *Controller) slabDeleted(obj interface{}) {

@@ -94,7 +94,7 @@ func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		counts := map[spawnerv1.BackendPhase]int{}
 		if list, err := m.slabs.List(labels.Everything()); err == nil {
 			for _, s := range list {
-				counts[lifecycle.PhaseOf(s.Status.Conditions)]++
+				counts[lifecycle.Phase(s)]++
 			}
 		}
 		for _, p := range allPhases {

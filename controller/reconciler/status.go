@@ -189,9 +189,6 @@ func (c *statusChange) record(conditionType, reason, message string) {
 	before := c.status.Phase
 	lifecycle.Record(c.status, conditionType, reason, message, c.generation)
 	c.noteTransition(before, reason, message)
-	if conditionType == lifecycle.ConditionFailed || conditionType == lifecycle.ConditionSwept || conditionType == lifecycle.ConditionTerminating {
-		c.status.Reason, c.status.Message = reason, message
-	}
 }
 
 func (c *statusChange) clear(conditionType, reason, message string) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"spawner.dev/apis/lifecycle"
@@ -166,6 +167,6 @@ func TestApplyPodDeadlines(t *testing.T) {
 }
 
 func condIs(st *spawnerv1.SessionLivedBackendStatus, typ string, status metav1.ConditionStatus, reason string) bool {
-	c := metaCondition(st, typ)
+	c := meta.FindStatusCondition(st.Conditions, typ)
 	return c != nil && c.Status == status && c.Reason == reason
 }

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -56,7 +57,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 	}
 	now := c.clock.Now()
 	status := slab.Status.DeepCopy()
-	status.Phase = lifecycle.PhaseOf(status.Conditions)
+	status.Phase = lifecycle.Phase(slab)
 	ch := &statusChange{status: status, generation: slab.Generation}
 
 	pod, foreign, err := c.podOf(slab)
@@ -109,7 +110,7 @@ func terminateSwept(ch *statusChange) {
 	if ch.status.Phase != lifecycle.Swept {
 		return
 	}
-	swept := metaCondition(ch.status, lifecycle.ConditionSwept)
+	swept := meta.FindStatusCondition(ch.status.Conditions, lifecycle.ConditionSwept)
 	reason, msg := lifecycle.ReasonTerminationRequested, "termination requested"
 	if swept != nil {
 		reason, msg = swept.Reason, swept.Message
@@ -346,7 +347,7 @@ func (c *Controller) observeReady(slab *spawnerv1.SessionLivedBackend) {
 	if readyAt == nil {
 		readyAt = lifecycle.TransitionTime(slab.Status.Conditions, lifecycle.ConditionReady)
 	}
-	if readyAt == nil || !metaConditionTrue(&slab.Status, lifecycle.ConditionReady) {
+	if readyAt == nil || !meta.IsStatusConditionTrue(slab.Status.Conditions, lifecycle.ConditionReady) {
 		return
 	}
 	c.mu.Lock()
@@ -371,18 +372,4 @@ func publicURL(base, name string) string {
 		base = base[:len(base)-1]
 	}
 	return base + "/p/" + name + "/"
-}
-
-func metaCondition(status *spawnerv1.SessionLivedBackendStatus, t string) *metav1.Condition {
-	for i := range status.Conditions {
-		if status.Conditions[i].Type == t {
-			return &status.Conditions[i]
-		}
-	}
-	return nil
-}
-
-func metaConditionTrue(status *spawnerv1.SessionLivedBackendStatus, t string) bool {
-	c := metaCondition(status, t)
-	return c != nil && c.Status == metav1.ConditionTrue
 }

@@ -165,10 +165,10 @@ func (e *env) waitPhase(name string, phase spawnerv1.BackendPhase, timeout time.
 		s, err := e.get(name)
 		if err == nil {
 			last = s
-			if s.Status.Phase == phase {
+			if lifecycle.Phase(s) == phase {
 				return s
 			}
-			if s.Status.Phase == lifecycle.Failed {
+			if lifecycle.Phase(s) == lifecycle.Failed {
 				e.t.Fatalf("slab %s failed while waiting for %s: %s", name, phase, describe(s))
 			}
 		}
@@ -191,7 +191,7 @@ func (e *env) record(name, conditionType, reason, message string) {
 		if err != nil {
 			return err
 		}
-		if !lifecycle.CanRecord(s.Status.Phase, conditionType) {
+		if !lifecycle.CanRecord(lifecycle.Phase(s), conditionType) {
 			return fmt.Errorf("cannot record %s in phase %s", conditionType, s.Status.Phase)
 		}
 		if conditionType == lifecycle.ConditionReady && s.Status.ReadyTime == nil {

@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"spawner.dev/apis/lifecycle"
 	"spawner.dev/common/clustertest"
 	"spawner.dev/e2e/framework"
 )
@@ -160,7 +161,7 @@ func TestWorkerLossFailsItsBackendsAndSparesTheOthers(t *testing.T) {
 	// The other worker's backend did not notice.
 	roundTrip("after")
 	slab, err := e.Spawner.SpawnerV1().SessionLivedBackends(framework.BackendNamespace).Get(ctx, kept.Name, metav1.GetOptions{})
-	if err != nil || slab.Status.Phase != "Ready" {
+	if err != nil || lifecycle.Phase(slab) != lifecycle.Ready {
 		t.Fatalf("the survivor's backend %s: phase %v, %v; want Ready", kept.Name, slab.Status.Phase, err)
 	}
 

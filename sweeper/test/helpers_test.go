@@ -206,10 +206,10 @@ func (e *env) waitPhase(name string, phase spawnerv1.BackendPhase, timeout time.
 		now := time.Now()
 		if err == nil {
 			last = s
-			if s.Status.Phase == phase {
+			if lifecycle.Phase(s) == phase {
 				return s, now
 			}
-			if s.Status.Phase == lifecycle.Failed {
+			if lifecycle.Phase(s) == lifecycle.Failed {
 				e.t.Fatalf("slab %s failed while waiting for %s: %s", name, phase, describe(s))
 			}
 		}
@@ -258,7 +258,7 @@ func (e *env) assertStaysReady(name string, d time.Duration) {
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		if s.Status.Phase != lifecycle.Ready {
+		if lifecycle.Phase(s) != lifecycle.Ready {
 			e.t.Fatalf("slab %s left Ready while in use: %s", name, describe(s))
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -317,7 +317,7 @@ func (e *env) waitSwept(name string, timeout time.Duration) (*spawnerv1.SessionL
 		if meta.IsStatusConditionTrue(s.Status.Conditions, lifecycle.ConditionSwept) {
 			return s, now
 		}
-		if s.Status.Phase == lifecycle.Failed {
+		if lifecycle.Phase(s) == lifecycle.Failed {
 			e.t.Fatalf("slab %s failed while waiting for Swept: %s", name, describe(s))
 		}
 	}

@@ -329,7 +329,7 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 			b.log.Error("reading slab for Ready", "err", err)
 			return // rearm retries
 		}
-		phase := lifecycle.PhaseOf(slab.Status.Conditions)
+		phase := lifecycle.Phase(slab)
 		if !lifecycle.CanRecord(phase, lifecycle.ConditionReady) {
 			b.readyRecorded(received, lifecycle.IsEnding(phase))
 			return
@@ -396,7 +396,7 @@ func (s *Sweeper) markSwept(ctx context.Context, t target, ev Event, prefetched 
 			s.m.apiErrors.Inc()
 			return false, err
 		}
-		phase := lifecycle.PhaseOf(slab.Status.Conditions)
+		phase := lifecycle.Phase(slab)
 		if !lifecycle.CanRecord(phase, lifecycle.ConditionSwept) {
 			return false, nil
 		}

@@ -289,7 +289,7 @@ func (h *harness) slab() *spawnerv1.SessionLivedBackend {
 	return s
 }
 
-func (h *harness) phase() spawnerv1.BackendPhase { return h.slab().Status.Phase }
+func (h *harness) phase() spawnerv1.BackendPhase { return lifecycle.Phase(h.slab()) }
 
 // waitFor polls cond (real time; the stream reader runs on its own).
 func (h *harness) waitFor(what string, cond func() bool) {
