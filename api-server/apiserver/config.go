@@ -19,6 +19,10 @@ type Config struct {
 	BackendNamespace string
 	// PublicURL is the base browsers reach the router at, e.g. http://localhost:30081.
 	PublicURL string
+	// PublicHostSuffix, when set, turns on host mode: backend URLs are
+	// <scheme>://<name>.<suffix>/ (scheme and port of PublicURL) and the
+	// router routes by Host (hostroute.go, spawnerv1.PublicRoutes).
+	PublicHostSuffix string
 	// ControlURL is the base of readyUrl/statusUrl; empty means the scheme and
 	// host of the request that asked.
 	ControlURL string
@@ -51,6 +55,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RouterAddr, "router-addr", ":8081", "listen address of the public router (/p/<name>/...)")
 	fs.StringVar(&c.BackendNamespace, "backend-namespace", "spawner-backends", "namespace the backends (SessionLivedBackends and their pods) live in")
 	fs.StringVar(&c.PublicURL, "public-url", "http://localhost:8081", "base URL browsers reach the router at; backend URLs are <public-url>/p/<name>/")
+	fs.StringVar(&c.PublicHostSuffix, "public-host-suffix", "", "host mode: backend URLs become <scheme>://<name>.<suffix>/ (scheme and port of --public-url) and the router routes by Host, one browser origin per backend; needs wildcard DNS (and a wildcard certificate) for *.<suffix> pointing at the router (empty: path mode, <public-url>/p/<name>/)")
 	fs.StringVar(&c.ControlURL, "control-url", "", "base URL of the control API used in readyUrl/statusUrl (default: scheme and host of the request)")
 	fs.StringVar(&c.TokenFile, "token-file", "", "file with the control API's bearer tokens, one per line (# comments allowed), each >= 32 bytes; re-read periodically")
 	fs.StringVar(&c.TokenSecret, "token-secret", "", "namespace/name of a Secret whose key 'token' holds bearer tokens (one per line) and whose key 'access-token-key' may hold the access-token key")

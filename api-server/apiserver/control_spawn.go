@@ -17,7 +17,7 @@ import (
 )
 
 func (s *Server) backendURL(name, tok string) string {
-	return s.publicBase + "/p/" + name + "/?" + tokenParam + "=" + url.QueryEscape(tok)
+	return s.routes.BackendURL(name) + "?" + tokenParam + "=" + url.QueryEscape(tok)
 }
 
 func (s *Server) spawnResponse(r *http.Request, slab *spawnerv1.SessionLivedBackend, spawned bool) (SpawnResponse, error) {

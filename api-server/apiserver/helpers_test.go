@@ -43,6 +43,12 @@ var nameSeq atomic.Int64
 
 func newTestEnv(t testing.TB, upstreamPort string) *testEnv {
 	t.Helper()
+	return newTestEnvConfig(t, upstreamPort, nil)
+}
+
+// newTestEnvConfig is newTestEnv with the Config changed by edit first.
+func newTestEnvConfig(t testing.TB, upstreamPort string, edit func(*Config)) *testEnv {
+	t.Helper()
 	kube := kubefake.NewClientset()
 	slabs := slabfake.NewSimpleClientset() // NewClientset needs the OpenAPI schema, which is not generated
 	// The fake tracker does not implement generateName.
@@ -59,10 +65,14 @@ func newTestEnv(t testing.TB, upstreamPort string) *testEnv {
 		}
 		return false, nil, nil
 	})
-	s, err := New(Config{
+	cfg := Config{
 		BackendNamespace: testNS, PublicURL: "http://public.example:8081",
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownTimeout: time.Second,
-	}, kube, slabs)
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	s, err := New(cfg, kube, slabs)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -139,12 +139,20 @@ func newRouterProxy(s *Server) *routerProxy {
 	return &routerProxy{rp: rp, transport: t}
 }
 
-// RouterHandler is the public router: /p/<name>/... to the backend's sidecar.
+// RouterHandler is the public router: in path mode /p/<name>/... to the
+// backend's sidecar, in host mode every request whose Host is
+// <name>.<suffix> (hostroute.go). The router's own routes (/healthz,
+// /readyz, /metrics) answer on any other host.
 func (s *Server) RouterHandler() http.Handler {
 	rt := newRoutes()
 	s.commonRoutes(rt)
-	rt.handleFunc("/p/{name}/", s.route)
-	h := rt.handler(func(*http.Request) string { return "not found" })
+	if !s.routes.HostMode() {
+		rt.handleFunc(spawnerv1.RoutePrefix+"{name}/", s.routePath)
+	}
+	h := rt.handler(s.routerNotFound)
+	if s.routes.HostMode() {
+		h = s.hostRouter(h)
+	}
 	// The router's own answers (refusals, pages, the redirect to /p/<name>/
 	// that carries the token) get the Referrer-Policy too; route removes it
 	// before proxying, so that the app's own choice, if any, is the only one.
@@ -220,6 +228,7 @@ const unknownBackendWait = 2 * time.Second
 // backendUnavailable answers for a backend that does not exist or has ended:
 // a page for a browser (typically a tab left open, reloaded), JSON otherwise.
 func (s *Server) backendUnavailable(w http.ResponseWriter, r *http.Request) {
+	// r.PathValue("name") is the backend in both modes (hostRouter sets it).
 	s.metrics.routeNotFound.Inc()
 	if acceptsHTML(r) {
 		writePage(w, http.StatusNotFound, unavailableRouterPage, r.PathValue("name"), StatusResponse{})
@@ -228,9 +237,17 @@ func (s *Server) backendUnavailable(w http.ResponseWriter, r *http.Request) {
 	writeError(w, http.StatusNotFound, "no such backend")
 }
 
-// route authorizes and proxies one request to /p/{name}/...
-func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+// routePath serves /p/{name}/... (path mode).
+func (s *Server) routePath(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	// Prefix of the original path, "/p/<name>" (a substring: no allocation).
+	s.route(w, r, name, r.URL.Path[:len(spawnerv1.RoutePrefix)+len(name)])
+}
+
+// route authorizes and proxies one request for backend name. prefix is the
+// path prefix the backend is served under ("/p/<name>" in path mode, which
+// is removed before proxying; "" in host mode, where the path is the app's).
+func (s *Server) route(w http.ResponseWriter, r *http.Request, name, prefix string) {
 	slab, up := s.routable(name)
 	if slab == nil {
 		// Not in the cache (yet): another replica may have just created it.
@@ -255,12 +272,13 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, "missing or invalid access token")
 		return
 	}
-	// Prefix of the original path, "/p/<name>" (a substring: no allocation).
-	prefix := r.URL.Path[:len("/p/")+len(name)]
 	if fromQuery {
+		// Scoped to the backend: Path /p/<name>/ in path mode; in host mode
+		// Path / and no Domain, so the browser sends it to <name>.<suffix>
+		// only (a host-only cookie), never to another backend's host.
 		http.SetCookie(w, &http.Cookie{
-			Name: tokenCookie, Value: tok, Path: prefix + "/",
-			HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: s.secureCookie,
+			Name: tokenCookie, Value: tok, Path: s.routes.BackendPath(name),
+			HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: s.routes.Secure(),
 		})
 	}
 	if rest != r.URL.RawQuery {
@@ -294,16 +312,20 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	if up.proof != "" {
 		r.Header[wire.HeaderRouterProof] = []string{up.proof}
 	}
-	r.URL.Path = r.URL.Path[len(prefix):]
-	if r.URL.RawPath != "" {
-		// The escaped path has the same three segments before the rest.
-		if i := strings.IndexByte(r.URL.RawPath[len("/p/"):], '/'); i >= 0 {
-			r.URL.RawPath = r.URL.RawPath[len("/p/")+i:]
-		} else {
-			r.URL.RawPath = ""
+	if prefix != "" {
+		r.URL.Path = r.URL.Path[len(prefix):]
+		if r.URL.RawPath != "" {
+			// The escaped path has the same three segments before the rest.
+			if i := strings.IndexByte(r.URL.RawPath[len(spawnerv1.RoutePrefix):], '/'); i >= 0 {
+				r.URL.RawPath = r.URL.RawPath[len(spawnerv1.RoutePrefix)+i:]
+			} else {
+				r.URL.RawPath = ""
+			}
 		}
+		r.Header["X-Forwarded-Prefix"] = []string{prefix}
+	} else {
+		delete(r.Header, "X-Forwarded-Prefix") // the app is served at /: no client's value goes through
 	}
-	r.Header["X-Forwarded-Prefix"] = []string{prefix}
 	if r.Header.Get("Upgrade") != "" {
 		s.metrics.routeUpgrades.Inc()
 	}

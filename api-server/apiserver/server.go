@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -34,8 +33,9 @@ type Server struct {
 	slabs versioned.Interface
 	creds *credentials
 
-	publicBase   string // PublicURL without a trailing slash
-	secureCookie bool
+	// routes builds backend URLs and finds the backend of a request
+	// (path or host mode); routes.Secure() makes the token cookie Secure.
+	routes spawnerv1.PublicRoutes
 
 	slabFactory externalversions.SharedInformerFactory
 	podFactory  kubeinformers.SharedInformerFactory
@@ -84,9 +84,9 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 	if cfg.BackendNamespace == "" {
 		cfg.BackendNamespace = "spawner-backends"
 	}
-	u, err := url.Parse(cfg.PublicURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--public-url %q must be an absolute http(s) URL", cfg.PublicURL)
+	routes, err := spawnerv1.NewPublicRoutes(cfg.PublicURL, cfg.PublicHostSuffix)
+	if err != nil {
+		return nil, fmt.Errorf("--public-url / --public-host-suffix: %w", err)
 	}
 	if cfg.ControlURL != "" {
 		if cu, err := url.Parse(cfg.ControlURL); err != nil || (cu.Scheme != "http" && cu.Scheme != "https") || cu.Host == "" {
@@ -95,8 +95,7 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger, kube: kube, slabs: slabs,
-		publicBase:   strings.TrimRight(cfg.PublicURL, "/"),
-		secureCookie: u.Scheme == "https",
+		routes:       routes,
 		watchers:     newWatchers(),
 		upstreamPort: sidecarPort,
 		shuttingDown: make(chan struct{}),
@@ -196,7 +195,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("router listener: %w", err)
 	}
 	s.log.Info("api-server listening", "control", cl.Addr().String(), "router", rl.Addr().String(),
-		"backendNamespace", s.cfg.BackendNamespace, "publicURL", s.publicBase)
+		"backendNamespace", s.cfg.BackendNamespace, "publicURL", s.routes.Base(), "publicHostSuffix", s.routes.HostSuffix())
 	errc := make(chan error, 2)
 	go func() { errc <- control.Serve(cl) }()
 	go func() { errc <- router.Serve(rl) }()

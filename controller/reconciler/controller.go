@@ -45,8 +45,10 @@ type Options struct {
 	// AppResources: the app container's requests and limits when its
 	// template sets none (applyAppResourceDefaults).
 	AppResources AppResources
-	// PublicBaseURL, when set, gives every backend status.url = <base>/p/<name>/.
-	PublicBaseURL string
+	// PublicBaseURL, when set, gives every backend status.url: <base>/p/<name>/,
+	// or with PublicHostSuffix <scheme>://<name>.<suffix>/ (spawnerv1.PublicRoutes).
+	PublicBaseURL    string
+	PublicHostSuffix string
 	// StartupTimeout: a backend not Ready this long after its slab was created
 	// fails (Unschedulable when its pod never got a node, else StartupTimeout).
 	// Zero disables the deadline.

@@ -41,6 +41,7 @@ type Config struct {
 	SidecarCPURequest    string
 	SidecarMemoryRequest string
 	PublicBaseURL        string
+	PublicHostSuffix     string
 	StartupTimeout       time.Duration
 	FailedRetention      time.Duration
 	Namespace            string
@@ -98,7 +99,8 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.AppMemoryRequest, "app-default-memory-request", "32Mi", "memory request of a backend's app container whose template sets no resources (empty: none)")
 	fs.StringVar(&c.AppCPULimit, "app-default-cpu-limit", "1", "CPU limit of a backend's app container whose template sets no resources (empty: none)")
 	fs.StringVar(&c.AppMemoryLimit, "app-default-memory-limit", "512Mi", "memory limit of a backend's app container whose template sets no resources (empty: none)")
-	fs.StringVar(&c.PublicBaseURL, "public-base-url", os.Getenv("SPAWNER_PUBLIC_BASE_URL"), "when set, status.url = <base>/p/<name>/ (env SPAWNER_PUBLIC_BASE_URL)")
+	fs.StringVar(&c.PublicBaseURL, "public-base-url", os.Getenv("SPAWNER_PUBLIC_BASE_URL"), "when set, status.url = <base>/p/<name>/, or <scheme>://<name>.<suffix>/ with --public-host-suffix (env SPAWNER_PUBLIC_BASE_URL)")
+	fs.StringVar(&c.PublicHostSuffix, "public-host-suffix", os.Getenv("SPAWNER_PUBLIC_HOST_SUFFIX"), "host mode, as the api-server's flag of the same name: status.url = <scheme>://<name>.<suffix>/, scheme and port of --public-base-url (env SPAWNER_PUBLIC_HOST_SUFFIX)")
 	fs.DurationVar(&c.StartupTimeout, "startup-timeout", 5*time.Minute, "a backend not Ready this long after creation fails (Unschedulable or StartupTimeout); 0 disables")
 	fs.DurationVar(&c.FailedRetention, "failed-retention", 10*time.Minute, "how long a Failed slab is kept before it is deleted (its pod is deleted at once)")
 	fs.StringVar(&c.Namespace, "namespace", "", "watch only this namespace (default: all namespaces)")
@@ -116,7 +118,15 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 
 // Options turns the flags into controller options.
 func (c *Config) Options() (Options, error) {
-	o := Options{PublicBaseURL: c.PublicBaseURL, StartupTimeout: c.StartupTimeout, FailedRetention: c.FailedRetention}
+	o := Options{PublicBaseURL: c.PublicBaseURL, PublicHostSuffix: c.PublicHostSuffix, StartupTimeout: c.StartupTimeout, FailedRetention: c.FailedRetention}
+	if c.PublicHostSuffix != "" && c.PublicBaseURL == "" {
+		return o, errors.New("--public-host-suffix needs --public-base-url (its scheme and port)")
+	}
+	if c.PublicBaseURL != "" {
+		if _, err := spawnerv1.NewPublicRoutes(c.PublicBaseURL, c.PublicHostSuffix); err != nil {
+			return o, fmt.Errorf("--public-base-url / --public-host-suffix: %w", err)
+		}
+	}
 	if c.SidecarImage == "" {
 		return o, errors.New("--sidecar-image must not be empty")
 	}

@@ -48,10 +48,33 @@ func TestFlagsFromEnvAndValidation(t *testing.T) {
 		{"--workers=0"},
 		{"--sidecar-cpu-request=lots"},
 		{"--startup-timeout=-1s"},
+		{"--public-host-suffix=backends.example.com"}, // no base URL to take the scheme from
+		{"--public-base-url=ftp://x"},
+		{"--public-base-url=https://x", "--public-host-suffix=localhost"},
 	} {
 		c, _ := parse(t, args...)
 		if _, err := c.Options(); err == nil {
 			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+// TestPublicURLBothModes: status.url is the backend's public URL as
+// spawnerv1.PublicRoutes builds it, in path and in host mode.
+func TestPublicURLBothModes(t *testing.T) {
+	for _, c := range []struct{ base, suffix, want string }{
+		{"", "", ""},
+		{"https://spawner.example.com/", "", "https://spawner.example.com/p/slab-x/"},
+		{"https://backends.example.com", "backends.example.com", "https://slab-x.backends.example.com/"},
+		{"http://192.0.2.2:30081", "backends.test", "http://slab-x.backends.test:30081/"},
+	} {
+		cfg, _ := parse(t, "--public-base-url="+c.base, "--public-host-suffix="+c.suffix)
+		o, err := cfg.Options()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := o.publicURL("slab-x"); got != c.want {
+			t.Errorf("base %q suffix %q: %q, want %q", c.base, c.suffix, got, c.want)
 		}
 	}
 }

@@ -208,8 +208,8 @@ func (c *Controller) finish(ctx context.Context, slab *spawnerv1.SessionLivedBac
 func (c *Controller) syncLive(ctx context.Context, slab *spawnerv1.SessionLivedBackend, ch *statusChange,
 	pod *corev1.Pod, foreign bool, now time.Time) (*corev1.Pod, bool, time.Duration, error) {
 	status := ch.status
-	if c.opts.PublicBaseURL != "" && status.URL == "" {
-		status.URL = publicURL(c.opts.PublicBaseURL, slab.Name)
+	if status.URL == "" {
+		status.URL = c.opts.publicURL(slab.Name)
 	}
 	if pod == nil && ch.isTrue(lifecycle.ConditionPodCreated) {
 		// The cache may lag behind our own create; ask the API server before
@@ -367,9 +367,16 @@ func podGrace(pod *corev1.Pod) time.Duration {
 	return corev1.DefaultTerminationGracePeriodSeconds * time.Second
 }
 
-func publicURL(base, name string) string {
-	for len(base) > 0 && base[len(base)-1] == '/' {
-		base = base[:len(base)-1]
+// publicURL is a backend's status.url (its public URL, without a token), or
+// "" when no public base URL is set. Config.Options refuses a base or suffix
+// NewPublicRoutes would; parsing here, once per backend, costs ~1 µs.
+func (o Options) publicURL(name string) string {
+	if o.PublicBaseURL == "" {
+		return ""
 	}
-	return base + "/p/" + name + "/"
+	routes, err := spawnerv1.NewPublicRoutes(o.PublicBaseURL, o.PublicHostSuffix)
+	if err != nil {
+		return ""
+	}
+	return routes.BackendURL(name)
 }

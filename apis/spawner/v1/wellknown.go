@@ -41,3 +41,8 @@ const (
 	// DefaultGracePeriodSeconds is spec.gracePeriodSeconds when the user leaves it out.
 	DefaultGracePeriodSeconds int64 = 300
 )
+
+// RoutePrefix is the router's path prefix in path mode: backend <name> is
+// served under /p/<name>/ (BackendPath). PublicRoutes builds and parses
+// every public backend address, in both modes.
+const RoutePrefix = "/p/"
