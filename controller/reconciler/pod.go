@@ -7,6 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/routerproof"
@@ -29,22 +30,78 @@ var slabGVK = spawnerv1.SchemeGroupVersion.WithKind("SessionLivedBackend")
 // containers (the first gets PORT) followed by the sidecar, restartPolicy
 // Never, and the template's placement and sizing fields.
 func BuildPod(slab *spawnerv1.SessionLivedBackend, sc SidecarOptions) *corev1.Pod {
-	t := slab.Spec.Template.DeepCopy()
+	pod := buildBackendPod(&slab.Spec, sc)
+	pod.Name = slab.Name
+	pod.Namespace = slab.Namespace
+	pod.Labels[spawnerv1.LabelBackend] = slab.Name
+	pod.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(slab, slabGVK)}
+	return pod
+}
+
+// poolGVK is the kind a warm pod's owner reference points to.
+var poolGVK = spawnerv1.SchemeGroupVersion.WithKind("BackendPool")
+
+// WarmPodStartupProbe is the startup probe of a warm pod's sidecar: its
+// /readyz answers 200 once the app listens, and only then does the kubelet
+// mark the pod Ready (the pool's readiness: docs/pools.md). A startup probe
+// stops once it succeeded, so a warm pod at rest costs no probe traffic; a
+// period of 1 s (the kubelet's smallest) adds at most 1 s to a warm pod's
+// start, which no claim waits for. 300 failures (5 min, the controller's
+// default startup timeout) kill a sidecar whose app never listens; the pod
+// (restartPolicy Never) then fails and the pool replaces it.
+func WarmPodStartupProbe() *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Path: "/readyz", Port: intstr.FromInt32(spawnerv1.SidecarStatusPort)}},
+		PeriodSeconds:    1,
+		TimeoutSeconds:   1,
+		FailureThreshold: 300,
+	}
+}
+
+// BuildWarmPod is a warm pod of a pool: the backend pod its spec makes (the
+// same builder as BuildPod, so a claimed warm pod is a backend like any
+// other), named <pool>-<random>, controlled by the pool, labelled with the
+// pool and templateHash instead of a backend, with the app defaults d
+// applied and the sidecar's startup probe on /readyz.
+func BuildWarmPod(pool *spawnerv1.BackendPool, templateHash string, sc SidecarOptions, d AppResources) *corev1.Pod {
+	spec := pool.BackendSpec()
+	pod := buildBackendPod(&spec, sc)
+	pod.GenerateName = pool.Name + "-"
+	pod.Namespace = pool.Namespace
+	// Unclaimed, it serves no backend: the sweeper follows only pods with
+	// that label, so a template's own value must not survive.
+	delete(pod.Labels, spawnerv1.LabelBackend)
+	pod.Labels[spawnerv1.LabelPool] = pool.Name
+	pod.Labels[spawnerv1.LabelPoolTemplateHash] = templateHash
+	pod.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(pool, poolGVK)}
+	for i := range pod.Spec.Containers {
+		if pod.Spec.Containers[i].Name == spawnerv1.SidecarContainerName {
+			pod.Spec.Containers[i].StartupProbe = WarmPodStartupProbe()
+		}
+	}
+	applyAppResourceDefaults(pod, d)
+	return pod
+}
+
+// buildBackendPod is the pod a backend spec makes, without a name, owner or
+// backend label: what BuildPod and BuildWarmPod share.
+func buildBackendPod(spec *spawnerv1.SessionLivedBackendSpec, sc SidecarOptions) *corev1.Pod {
+	t := spec.Template.DeepCopy()
 	applyRestrictedDefaults(&t.SecurityContext, t.InitContainers, t.Containers)
-	port := slab.Spec.EffectiveHTTPPort()
+	port := spec.EffectiveHTTPPort()
 
 	labels := map[string]string{}
 	for k, v := range t.Metadata.Labels {
 		labels[k] = v
 	}
 	labels[spawnerv1.LabelManagedBy] = spawnerv1.ManagedByValue
-	labels[spawnerv1.LabelBackend] = slab.Name
 
 	annotations := map[string]string{}
 	for k, v := range t.Metadata.Annotations {
 		annotations[k] = v
 	}
-	annotations[spawnerv1.AnnotationGracePeriodSeconds] = strconv.FormatInt(int64(slab.Spec.GracePeriod().Seconds()), 10)
+	annotations[spawnerv1.AnnotationGracePeriodSeconds] = strconv.FormatInt(int64(spec.GracePeriod().Seconds()), 10)
 
 	containers := t.Containers
 	if len(containers) > 0 {
@@ -55,17 +112,14 @@ func BuildPod(slab *spawnerv1.SessionLivedBackend, sc SidecarOptions) *corev1.Po
 	// the router and the sweeper, which read it from the pod, get through; a
 	// leaked value opens this one pod and dies with it.
 	sidecar := sidecarContainer(port, sc)
-	sidecar.Args = append(sidecar.Args, idlePolicyArgs(&slab.Spec)...)
+	sidecar.Args = append(sidecar.Args, idlePolicyArgs(spec)...)
 	sidecar.Env = setEnv(sidecar.Env, wire.SidecarRouterProofEnv, routerproof.New())
 	containers = append(containers, sidecar)
 
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            slab.Name,
-			Namespace:       slab.Namespace,
-			Labels:          labels,
-			Annotations:     annotations,
-			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(slab, slabGVK)},
+			Labels:      labels,
+			Annotations: annotations,
 		},
 		Spec: corev1.PodSpec{
 			Containers:                    containers,

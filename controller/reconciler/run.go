@@ -254,12 +254,22 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		pools, err := newPoolController(sp, kube, spawnerFactory, pods, recorder, opts)
+		if err != nil {
+			return err
+		}
 		controller.Store(c)
 		spawnerFactory.Start(ctx.Done())
 		kubeFactory.Start(ctx.Done())
 		defer spawnerFactory.Shutdown()
 		defer kubeFactory.Shutdown()
-		return c.Run(ctx, cfg.Workers)
+		poolErr := make(chan error, 1)
+		go func() { poolErr <- pools.Run(ctx, poolWorkers) }()
+		err = c.Run(ctx, cfg.Workers)
+		if perr := <-poolErr; err == nil {
+			err = perr
+		}
+		return err
 	}
 
 	if !cfg.LeaderElect {

@@ -1,5 +1,5 @@
 // Package status serves the node-local status port: the /_events stream the
-// sweeper follows, /healthz and /metrics.
+// sweeper follows, /healthz, /readyz and /metrics.
 package status
 
 import (
@@ -30,13 +30,15 @@ const (
 	KeepAliveEvery = time.Minute
 )
 
-// Handler serves /_events, /healthz and /metrics.
+// Handler serves /_events, /healthz, /readyz and /metrics.
 type Handler struct {
 	Tracker *activity.Tracker
 	Metrics http.Handler
 	// RouterProof, when set, is required in the wire.HeaderRouterProof
-	// header of every request but /healthz (403 otherwise): the sweeper
-	// sends it, other pods cannot. /healthz stays open (it tells nothing).
+	// header of every request but /healthz and /readyz (403 otherwise):
+	// the sweeper sends it, other pods cannot. /healthz and /readyz stay
+	// open for the kubelet's probes (they tell only that the sidecar runs
+	// and whether the app listened).
 	// Empty: no check (tests, benches, a sidecar run by hand).
 	RouterProof string
 	// KeepAlive overrides KeepAliveEvery (tests).
@@ -44,8 +46,8 @@ type Handler struct {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/healthz" && !h.allowed(w, r) {
-		return // every path but /healthz, unknown ones too: a stranger learns nothing
+	if r.URL.Path != "/healthz" && r.URL.Path != "/readyz" && !h.allowed(w, r) {
+		return // every other path, unknown ones too: a stranger learns nothing
 	}
 	switch r.URL.Path {
 	case "/_events":
@@ -53,6 +55,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/healthz":
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
+	case "/readyz":
+		// The startup probe of a warm pool pod (docs/pools.md): 200 once the
+		// app listens on its port, so the pod's Ready condition says a claim
+		// can take it; the pool does not stream /_events.
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !h.Tracker.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("app not listening\n"))
+			return
+		}
+		w.Write([]byte("ready\n"))
 	case "/metrics":
 		h.Metrics.ServeHTTP(w, r)
 	default:

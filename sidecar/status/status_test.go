@@ -247,6 +247,30 @@ func TestBlockFileClosesThePort(t *testing.T) {
 // With a router proof configured, /_events, /metrics and any other path but
 // /healthz answer 403 without exactly that value in Spawner-Router-Proof (and never start a stream);
 // /healthz stays open.
+// TestReadyzFollowsTheApp: /readyz (a warm pool pod's startup probe) is
+// 503 until the app listens, then 200, without the router proof.
+func TestReadyzFollowsTheApp(t *testing.T) {
+	tr := activity.New(0)
+	srv := httptest.NewServer(&Handler{Tracker: tr, Metrics: metrics.NewRegistry(), RouterProof: "some-proof"})
+	defer srv.Close()
+	get := func() int {
+		t.Helper()
+		resp, err := http.Get(srv.URL + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz before the app listens: %d, want 503", code)
+	}
+	tr.SetReady(true)
+	if code := get(); code != http.StatusOK {
+		t.Errorf("/readyz once the app listens: %d, want 200", code)
+	}
+}
+
 func TestRouterProofGuardsEventsAndMetrics(t *testing.T) {
 	const proof = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
 	tr := activity.New(0)

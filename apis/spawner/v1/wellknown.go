@@ -17,6 +17,9 @@ const (
 	// LabelPool on a pod names the BackendPool that started it; it stays on
 	// the pod after a claim, so a pool can count its claimed backends.
 	LabelPool = "spawner.dev/pool"
+	// LabelPoolTemplateHash on a warm pod is a hash of its pool's backend
+	// spec when it was built; a pod of another hash is rolled (if unclaimed).
+	LabelPoolTemplateHash = "spawner.dev/pool-template-hash"
 
 	// AnnotationGracePeriodSeconds on a pod copies spec.gracePeriodSeconds, so
 	// the sweeper can decide idleness from the pod alone.

@@ -1,0 +1,513 @@
+// Package pool is the BackendPool reconciler: it keeps spec.replicas warm
+// (started, Ready, unclaimed) backend pods per pool, replaces those that are
+// claimed or fail, rolls unclaimed ones when the pool's backend spec changes,
+// and reports the counts in the pool's status. docs/pools.md describes it.
+//
+// It has the k8s.io/sample-controller shape, like the slab reconciler it
+// runs beside: shared informers for pools and for spawner's pods, a
+// rate-limited workqueue of pool keys, and one level-triggered sync per key.
+// Creates and deletes it has issued but not yet seen in the pod cache are
+// remembered (expectations, as the ReplicaSet controller does), so a lagging
+// cache never makes it start or delete a pod twice.
+package pool
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/generated/clientset/versioned"
+	spawnerlisters "spawner.dev/generated/listers/spawner/v1"
+)
+
+// Condition types and reasons of a pool's status.
+const (
+	ConditionReady     = "Ready"
+	ReasonFull         = "Full"
+	ReasonStarting     = "Starting"
+	ReasonInvalidSpec  = "InvalidSpec"
+	expectationTimeout = 30 * time.Second
+)
+
+// Options wire a pool controller.
+type Options struct {
+	Kube    kubernetes.Interface
+	Spawner versioned.Interface
+	// PoolInformer watches BackendPools; PodInformer watches the pods
+	// labelled app.kubernetes.io/managed-by=spawner (the slab reconciler's).
+	PoolInformer cache.SharedIndexInformer
+	Pools        spawnerlisters.BackendPoolLister
+	PodInformer  cache.SharedIndexInformer
+	Pods         corelisters.PodLister
+	Recorder     record.EventRecorder
+	// BuildPod makes a warm pod of a pool for a template hash
+	// (reconciler.BuildWarmPod with the controller's sidecar and app
+	// defaults): the slab reconciler's pod builder, so a claimed warm pod is
+	// a backend pod like any other.
+	BuildPod func(pool *spawnerv1.BackendPool, templateHash string) *corev1.Pod
+	// Now is the clock (tests); nil means time.Now.
+	Now func() time.Time
+}
+
+// Controller reconciles BackendPools with their warm pods.
+type Controller struct {
+	o      Options
+	synced []cache.InformerSynced
+	queue  workqueue.TypedRateLimitingInterface[string]
+
+	mu      sync.Mutex
+	creates map[string]map[string]time.Time // pool key -> pod name -> when created, until the cache has it
+	deletes map[types.UID]time.Time         // pods deleted, until the cache sees them go (or deleting)
+}
+
+// New wires a pool controller to its informers.
+func New(o Options) (*Controller, error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	c := &Controller{
+		o:       o,
+		synced:  []cache.InformerSynced{o.PoolInformer.HasSynced, o.PodInformer.HasSynced},
+		creates: map[string]map[string]time.Time{},
+		deletes: map[types.UID]time.Time{},
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](5*time.Millisecond, time.Minute),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "pools"}),
+	}
+	if _, err := o.PoolInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.enqueue,
+		UpdateFunc: func(_, obj interface{}) { c.enqueue(obj) },
+	}); err != nil {
+		return nil, err
+	}
+	if _, err := o.PodInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.enqueuePodPool,
+		UpdateFunc: func(_, obj interface{}) { c.enqueuePodPool(obj) },
+		DeleteFunc: c.enqueuePodPool,
+	}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Controller) enqueue(obj interface{}) {
+	key, err := cache.MetaNamespaceKeyFunc(obj)
+	if err != nil {
+		utilruntime.HandleError(err)
+		return
+	}
+	c.queue.Add(key)
+}
+
+// enqueuePodPool queues the pool a pod came from (its spawner.dev/pool
+// label: claimed pods keep it, so the pool counts them).
+func (c *Controller) enqueuePodPool(obj interface{}) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok || pod.Labels[spawnerv1.LabelPool] == "" {
+		return
+	}
+	c.queue.Add(pod.Namespace + "/" + pod.Labels[spawnerv1.LabelPool])
+}
+
+// Run waits for the caches, then processes the queue with workers until ctx ends.
+func (c *Controller) Run(ctx context.Context, workers int) error {
+	defer utilruntime.HandleCrash()
+	defer c.queue.ShutDown()
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+		return fmt.Errorf("pool informer caches did not sync")
+	}
+	klog.InfoS("Starting pool workers", "count", workers)
+	var wg sync.WaitGroup
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			wait.UntilWithContext(ctx, func(ctx context.Context) {
+				for c.processNext(ctx) {
+				}
+			}, time.Second)
+		}()
+	}
+	<-ctx.Done()
+	c.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+func (c *Controller) processNext(ctx context.Context) bool {
+	key, shutdown := c.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer c.queue.Done(key)
+	after, err := c.sync(ctx, key)
+	if err != nil {
+		if !apierrors.IsConflict(err) {
+			klog.ErrorS(err, "Pool sync failed, requeueing", "pool", key)
+		}
+		c.queue.AddRateLimited(key)
+		return true
+	}
+	c.queue.Forget(key)
+	if after > 0 {
+		c.queue.AddAfter(key, after)
+	}
+	return true
+}
+
+// TemplateHash identifies a pool's backend spec (everything but replicas):
+// warm pods of another hash were built from an older spec and are rolled.
+func TemplateHash(pool *spawnerv1.BackendPool) string {
+	spec := pool.BackendSpec()
+	b, _ := json.Marshal(&spec) // a plain struct: never fails
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])[:16]
+}
+
+// Selector selects a pool's unclaimed pods: a claim sets spawner.dev/backend.
+func Selector(pool string) string {
+	return spawnerv1.LabelPool + "=" + pool + ",!" + spawnerv1.LabelBackend
+}
+
+// OwnedByPool reports whether pod is controlled by the pool named name:
+// unclaimed. A claim replaces that owner reference with the slab's.
+func OwnedByPool(pod *corev1.Pod, name string) bool {
+	ref := metav1.GetControllerOf(pod)
+	return ref != nil && ref.Kind == "BackendPool" && ref.APIVersion == spawnerv1.SchemeGroupVersion.String() && ref.Name == name
+}
+
+// WarmReady reports whether an unclaimed pod can be claimed now: running,
+// not being deleted, and Ready (its sidecar's startup probe saw the app
+// listen).
+func WarmReady(pod *corev1.Pod) bool {
+	if pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning || pod.Status.PodIP == "" {
+		return false
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// finished reports a pod that will never serve: ended, or a container
+// terminated (restartPolicy Never: it will not come back).
+func finished(pod *corev1.Pod) (bool, string) {
+	if pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded {
+		return true, "pod " + string(pod.Status.Phase)
+	}
+	for _, cs := range pod.Status.ContainerStatuses {
+		if t := cs.State.Terminated; t != nil {
+			return true, fmt.Sprintf("container %s terminated (%s, exit code %d)", cs.Name, t.Reason, t.ExitCode)
+		}
+	}
+	return false, ""
+}
+
+// counts is what one sync found among a pool's pods.
+type counts struct {
+	ready, starting []*corev1.Pod // unclaimed, current template, alive
+	old             []*corev1.Pod // unclaimed, an older template, alive
+	failed          []*corev1.Pod // unclaimed, will never serve
+	claimed         int
+	pendingCreates  int // created by us, not in the cache yet
+}
+
+func (c *Controller) classify(key string, pool *spawnerv1.BackendPool, hash string, pods []*corev1.Pod) counts {
+	now := c.o.Now()
+	var n counts
+	inCache := map[string]bool{}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, pod := range pods {
+		inCache[pod.Name] = true
+		if at, ok := c.deletes[pod.UID]; ok {
+			if pod.DeletionTimestamp == nil && now.Sub(at) < expectationTimeout {
+				continue // our delete is on its way into the cache
+			}
+			delete(c.deletes, pod.UID)
+		}
+		if pod.DeletionTimestamp != nil {
+			continue
+		}
+		if !OwnedByPool(pod, pool.Name) {
+			if ref := metav1.GetControllerOf(pod); ref != nil && ref.Kind == "SessionLivedBackend" {
+				if done, _ := finished(pod); !done {
+					n.claimed++
+				}
+			}
+			continue
+		}
+		switch done, _ := finished(pod); {
+		case done:
+			n.failed = append(n.failed, pod)
+		case pod.Labels[spawnerv1.LabelPoolTemplateHash] != hash:
+			n.old = append(n.old, pod)
+		case WarmReady(pod):
+			n.ready = append(n.ready, pod)
+		default:
+			n.starting = append(n.starting, pod)
+		}
+	}
+	for name, at := range c.creates[key] {
+		if inCache[name] || now.Sub(at) >= expectationTimeout {
+			delete(c.creates[key], name)
+			continue
+		}
+		n.pendingCreates++
+	}
+	return n
+}
+
+func (c *Controller) expectCreate(key, name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.creates[key] == nil {
+		c.creates[key] = map[string]time.Time{}
+	}
+	c.creates[key][name] = c.o.Now()
+}
+
+func (c *Controller) expectDelete(uid types.UID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deletes[uid] = c.o.Now()
+}
+
+// createBatch bounds the pod creates one sync issues at once: a pool of 100
+// starts in a few round trips, and a template the API server rejects fails
+// a handful of creates, not a hundred.
+const createBatch = 16
+
+// sync makes one pool's world right.
+func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error) {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		utilruntime.HandleError(err)
+		return 0, nil
+	}
+	pool, err := c.o.Pools.BackendPools(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		// Its unclaimed pods go with it (the garbage collector follows
+		// their owner reference); claimed ones belong to their slabs.
+		c.mu.Lock()
+		delete(c.creates, key)
+		c.mu.Unlock()
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	if pool.DeletionTimestamp != nil {
+		return 0, nil
+	}
+	status := pool.Status.DeepCopy()
+	status.ObservedGeneration = pool.Generation
+	status.Selector = Selector(pool.Name)
+
+	spec := pool.BackendSpec()
+	if errs := spawnerv1.ValidateSpec(&spec, nil); len(errs) > 0 {
+		setCondition(status, metav1.ConditionFalse, ReasonInvalidSpec, errs.ToAggregate().Error(), pool.Generation)
+		return 0, c.writeStatus(ctx, pool, status)
+	}
+
+	hash := TemplateHash(pool)
+	sel, _ := labels.Parse(spawnerv1.LabelPool + "=" + pool.Name)
+	pods, err := c.o.Pods.Pods(ns).List(sel)
+	if err != nil {
+		return 0, err
+	}
+	n := c.classify(key, pool, hash, pods)
+	want := int(pool.DesiredReplicas())
+
+	// Failed unclaimed pods are deleted and replaced.
+	for _, pod := range n.failed {
+		_, why := finished(pod)
+		if err := c.deletePod(ctx, pod); err != nil {
+			return 0, err
+		}
+		c.o.Recorder.Eventf(pool, corev1.EventTypeWarning, "WarmPodFailed", "deleted warm pod %s (%s); a new one replaces it", pod.Name, why)
+	}
+
+	current := len(n.ready) + len(n.starting) + n.pendingCreates
+	var createErr error
+	switch {
+	case current < want:
+		created, err := c.createPods(ctx, key, pool, hash, min(want-current, createBatch))
+		current += created
+		if created > 0 {
+			c.o.Recorder.Eventf(pool, corev1.EventTypeNormal, "ScaledUp", "started %d warm pod(s) toward %d", created, want)
+		}
+		createErr = err
+	case current > want:
+		// Starting ones first (nobody can claim them yet), then the newest.
+		excess := append(sortNewestFirst(n.starting), sortNewestFirst(n.ready)...)
+		drop := min(current-n.pendingCreates-want, len(excess))
+		for _, pod := range excess[:max(drop, 0)] {
+			if err := c.deletePod(ctx, pod); err != nil {
+				return 0, err
+			}
+		}
+		if drop > 0 {
+			c.o.Recorder.Eventf(pool, corev1.EventTypeNormal, "ScaledDown", "deleted %d warm pod(s) down to %d", drop, want)
+		}
+	}
+
+	// A changed spec rolls the unclaimed pods of older templates, never
+	// dropping what a claim can take below want: an old pod goes as soon as
+	// a new one is Ready to stand in for it.
+	if len(n.old) > 0 {
+		keep := max(want-len(n.ready), 0)
+		old := append(notReady(n.old), sortNewestFirst(readyOnly(n.old))...)
+		if drop := len(old) - keep; drop > 0 {
+			for _, pod := range old[:drop] {
+				if err := c.deletePod(ctx, pod); err != nil {
+					return 0, err
+				}
+			}
+			c.o.Recorder.Eventf(pool, corev1.EventTypeNormal, "Rolled", "replaced %d warm pod(s) of an older template", drop)
+		}
+	}
+
+	status.Replicas = int32(current)
+	status.ReadyReplicas = int32(len(n.ready))
+	status.StartingReplicas = int32(max(current-len(n.ready), 0))
+	status.ClaimedReplicas = int32(n.claimed)
+	if len(n.ready) >= want {
+		setCondition(status, metav1.ConditionTrue, ReasonFull, fmt.Sprintf("%d warm backend(s) ready", len(n.ready)), pool.Generation)
+	} else {
+		setCondition(status, metav1.ConditionFalse, ReasonStarting, fmt.Sprintf("%d of %d warm backend(s) ready", len(n.ready), want), pool.Generation)
+	}
+	if err := c.writeStatus(ctx, pool, status); err != nil {
+		return 0, err
+	}
+	if createErr != nil {
+		return 0, createErr
+	}
+	if current < want {
+		return time.Millisecond, nil // the next batch
+	}
+	return 0, nil
+}
+
+// createPods starts up to n warm pods, createBatch at a time in parallel.
+func (c *Controller) createPods(ctx context.Context, key string, pool *spawnerv1.BackendPool, hash string, n int) (int, error) {
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		created int
+		first   error
+	)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pod := c.o.BuildPod(pool, hash)
+			got, err := c.o.Kube.CoreV1().Pods(pool.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if first == nil {
+					first = err
+				}
+				return
+			}
+			c.expectCreate(key, got.Name)
+			created++
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		c.o.Recorder.Eventf(pool, corev1.EventTypeWarning, "WarmPodCreateFailed", "%v", first)
+	}
+	return created, first
+}
+
+func (c *Controller) deletePod(ctx context.Context, pod *corev1.Pod) error {
+	// The UID and resourceVersion preconditions: a pod a claim took a moment
+	// ago (its owner reference changed) is never deleted by a stale decision.
+	uid, rv := pod.UID, pod.ResourceVersion
+	err := c.o.Kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+		Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv}})
+	if err == nil {
+		c.expectDelete(pod.UID)
+		klog.V(2).InfoS("Deleted warm pod", "pod", klog.KObj(pod))
+		return nil
+	}
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // gone, or changed (claimed): the next sync sees it
+	}
+	return err
+}
+
+func (c *Controller) writeStatus(ctx context.Context, pool *spawnerv1.BackendPool, status *spawnerv1.BackendPoolStatus) error {
+	if equality.Semantic.DeepEqual(&pool.Status, status) {
+		return nil
+	}
+	updated := pool.DeepCopy()
+	updated.Status = *status
+	_, err := c.o.Spawner.SpawnerV1().BackendPools(pool.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func setCondition(status *spawnerv1.BackendPoolStatus, s metav1.ConditionStatus, reason, msg string, gen int64) {
+	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+		Type: ConditionReady, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+}
+
+func sortNewestFirst(pods []*corev1.Pod) []*corev1.Pod {
+	out := append([]*corev1.Pod(nil), pods...)
+	sort.SliceStable(out, func(i, j int) bool {
+		return out[j].CreationTimestamp.Before(&out[i].CreationTimestamp)
+	})
+	return out
+}
+
+func readyOnly(pods []*corev1.Pod) []*corev1.Pod {
+	var out []*corev1.Pod
+	for _, p := range pods {
+		if WarmReady(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func notReady(pods []*corev1.Pod) []*corev1.Pod {
+	var out []*corev1.Pod
+	for _, p := range pods {
+		if !WarmReady(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
