@@ -20,16 +20,20 @@ type target struct {
 }
 
 // idleDeadline says when a backend may be swept given the sidecar's latest
-// state: grace after it was last active (never before it became ready, so a
-// slow-starting app gets its full grace once it listens). ok is false while
-// anything is live: such a backend has no deadline.
-func idleDeadline(ev Event, readySince time.Time, grace time.Duration) (deadline time.Time, ok bool) {
+// state: grace after it was last active or kept alive by a keepalive call
+// (never before it became ready, so a slow-starting app gets its full grace
+// once it listens). ok is false while anything is live: such a backend has
+// no deadline.
+func idleDeadline(ev Event, readySince, keepalive time.Time, grace time.Duration) (deadline time.Time, ok bool) {
 	if ev.LiveConnections > 0 {
 		return time.Time{}, false
 	}
 	base := ev.LastActive
 	if readySince.After(base) {
 		base = readySince
+	}
+	if keepalive.After(base) {
+		base = keepalive
 	}
 	return base.Add(grace), true
 }
@@ -55,6 +59,15 @@ type backend struct {
 	sweeping   bool      // fire is confirming or writing
 	timer      Timer
 	timerGen   uint64
+	keepalive  time.Time // the slab's latest status.activity.keepaliveTime seen
+
+	// Writing status.activity (activity.go).
+	actWriting   bool          // a write is on its way
+	actWritten   bool          // actLast was written
+	actLast      activityState // the state last written
+	actLastWrite time.Time     // when the last write (or failed attempt) was made
+	actTimer     Timer         // a scheduled write
+	actTimerAt   time.Time     // when actTimer fires
 }
 
 func newBackend(s *Sweeper, key string, t target) *backend {
@@ -71,6 +84,7 @@ func (b *backend) stop() {
 	b.mu.Lock()
 	b.ended = true
 	b.stopTimerLocked()
+	b.stopActivityLocked()
 	b.mu.Unlock()
 }
 
@@ -161,16 +175,21 @@ func (b *backend) handle(ev Event, received time.Time) {
 	}
 	b.mu.Lock()
 	b.rearmLocked()
+	b.noteActivityLocked()
 	b.mu.Unlock()
 }
 
-// readyRecorded is markReady's outcome.
-func (b *backend) readyRecorded(since time.Time, ended bool) {
+// readyRecorded is markReady's outcome; keepalive is the slab's last
+// keepalive (zero for none).
+func (b *backend) readyRecorded(since time.Time, ended bool, keepalive time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.readyDone = true
 	b.readySince = since
 	b.ended = b.ended || ended
+	if keepalive.After(b.keepalive) {
+		b.keepalive = keepalive
+	}
 }
 
 func (b *backend) stopTimerLocked() {
@@ -195,7 +214,7 @@ func (b *backend) rearmLocked() {
 		}
 		return
 	}
-	deadline, ok := idleDeadline(b.last, b.readySince, b.t.grace)
+	deadline, ok := idleDeadline(b.last, b.readySince, b.keepalive, b.t.grace)
 	if !ok {
 		return
 	}
@@ -226,7 +245,7 @@ func (b *backend) fire(gen uint64) {
 		b.mu.Unlock()
 		return
 	}
-	deadline, ok := idleDeadline(b.last, b.readySince, b.t.grace)
+	deadline, ok := idleDeadline(b.last, b.readySince, b.keepalive, b.t.grace)
 	if !ok {
 		b.mu.Unlock()
 		return
@@ -237,7 +256,7 @@ func (b *backend) fire(gen uint64) {
 		return
 	}
 	b.sweeping = true
-	t, readySince := b.t, b.readySince
+	t, readySince, keepalive := b.t, b.readySince, b.keepalive
 	b.mu.Unlock()
 
 	// The slab is read while the sidecar is confirmed, saving a round trip.
@@ -257,7 +276,7 @@ func (b *backend) fire(gen uint64) {
 		}
 		return
 	}
-	deadline, ok = idleDeadline(ev, readySince, t.grace)
+	deadline, ok = idleDeadline(ev, readySince, keepalive, t.grace)
 	if !ok || b.s.clock.Now().Before(deadline) {
 		// Activity the stream had not delivered yet; it will.
 		b.mu.Lock()
@@ -269,10 +288,20 @@ func (b *backend) fire(gen uint64) {
 		b.mu.Unlock()
 		return
 	}
-	_, err = b.s.markSwept(b.ctx, t, ev, prefetch)
+	_, keptAlive, err := b.s.markSwept(b.ctx, t, ev, keepalive, deadline, prefetch)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.sweeping = false
+	if err == nil && keptAlive.After(b.keepalive) {
+		// A keepalive call this sweeper had not seen: a new deadline.
+		b.keepalive = keptAlive
+		if b.live {
+			b.last = ev
+		}
+		b.rearmLocked()
+		b.noteActivityLocked()
+		return
+	}
 	if err != nil {
 		if b.ctx.Err() == nil {
 			b.log.Error("recording Swept failed; retrying", "err", err)

@@ -9,6 +9,7 @@ type sweeperMetrics struct {
 	readies         *metrics.Counter
 	confirmFailures *metrics.Counter
 	apiErrors       *metrics.Counter
+	activityWrites  *metrics.Counter
 	readyLatency    *metrics.Histogram
 }
 
@@ -21,6 +22,7 @@ func newMetrics(reg *metrics.Registry, backends func() float64) *sweeperMetrics 
 		readies:         reg.NewCounter("spawner_sweeper_ready_total", "Backends recorded Ready."),
 		confirmFailures: reg.NewCounter("spawner_sweeper_confirm_failures_total", "Idle deadlines reached while the sidecar could not be read freshly (not swept)."),
 		apiErrors:       reg.NewCounter("spawner_sweeper_api_errors_total", "Failed reads or writes of slabs."),
+		activityWrites:  reg.NewCounter("spawner_sweeper_activity_writes_total", "Writes of a slab's status.activity (coalesced: see docs/sweeper.md)."),
 		readyLatency: reg.NewHistogram("spawner_sweeper_ready_latency_seconds",
 			"From receiving the sidecar's first ready event to the slab's Ready status written.", nil),
 	}

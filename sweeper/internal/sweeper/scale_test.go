@@ -43,14 +43,23 @@ func Test500Backends(t *testing.T) {
 	}
 	h.waitFor("500 Ready", func() bool { return h.s.m.readies.Value() == n })
 	h.waitFor("500 timers", func() bool { return h.clock.pending() == n })
+	// Each backend's first activity write (on becoming Ready) is a goroutine
+	// of its own until it returns.
+	h.waitFor("500 activity writes", func() bool { return h.s.m.activityWrites.Value() == n })
 	t.Logf("500 backends followed and Ready in %v", time.Since(start).Round(time.Millisecond))
 
-	buf := make([]byte, 64<<20)
-	stacks := string(buf[:runtime.Stack(buf, true)])
 	readers := 0
-	for _, g := range strings.Split(stacks, "\n\n") {
-		if strings.Contains(g, "internal/sweeper.(*backend)") {
-			readers++
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		buf := make([]byte, 64<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		readers = 0
+		for _, g := range strings.Split(stacks, "\n\n") {
+			if strings.Contains(g, "internal/sweeper.(*backend)") {
+				readers++
+			}
+		}
+		if readers == n || time.Now().After(deadline) {
+			break
 		}
 	}
 	if readers != n {

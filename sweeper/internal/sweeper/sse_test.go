@@ -115,7 +115,7 @@ func TestIdleDeadline(t *testing.T) {
 		{"slow start: counted from ready", Event{LastActive: t0}, t0.Add(time.Minute), t0.Add(time.Minute + grace), true},
 	}
 	for _, c := range cases {
-		got, ok := idleDeadline(c.ev, c.readySince, grace)
+		got, ok := idleDeadline(c.ev, c.readySince, time.Time{}, grace)
 		if ok != c.ok || !got.Equal(c.want) {
 			t.Errorf("%s: got %v,%v want %v,%v", c.name, got, ok, c.want, c.ok)
 		}

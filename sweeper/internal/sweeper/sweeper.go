@@ -7,7 +7,6 @@ package sweeper
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"strconv"
@@ -62,6 +61,11 @@ type Config struct {
 	RetryDelay time.Duration
 	// Resync is the pod informer's resync period (0: none).
 	Resync time.Duration
+	// ActivityMinGap is the shortest time between two writes of one
+	// backend's status.activity (2 s); a change between busy and idle is
+	// written as soon as it allows. ActivityRefresh (10 s) spaces writes of
+	// other changes (how many connections). See activity.go.
+	ActivityMinGap, ActivityRefresh time.Duration
 }
 
 func (c *Config) defaults() {
@@ -81,6 +85,8 @@ func (c *Config) defaults() {
 	def(&c.ReadIdle, 150*time.Second)
 	def(&c.ConfirmTimeout, 2*time.Second)
 	def(&c.RetryDelay, time.Second)
+	def(&c.ActivityMinGap, 2*time.Second)
+	def(&c.ActivityRefresh, 10*time.Second)
 }
 
 // Sweeper follows the backends on one node.
@@ -321,7 +327,7 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 		slab, err := client.Get(b.ctx, t.slab, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			b.log.Info("slab not found; not following its readiness or idleness")
-			b.readyRecorded(received, true)
+			b.readyRecorded(received, true, time.Time{})
 			return
 		}
 		if err != nil {
@@ -329,9 +335,10 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 			b.log.Error("reading slab for Ready", "err", err)
 			return // rearm retries
 		}
+		keepalive := keepaliveOf(slab)
 		phase := lifecycle.Phase(slab)
 		if !lifecycle.CanRecord(phase, lifecycle.ConditionReady) {
-			b.readyRecorded(received, lifecycle.IsEnding(phase))
+			b.readyRecorded(received, lifecycle.IsEnding(phase), keepalive)
 			return
 		}
 		if meta.IsStatusConditionTrue(slab.Status.Conditions, lifecycle.ConditionReady) {
@@ -345,7 +352,7 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 			} else if tt := lifecycle.TransitionTime(slab.Status.Conditions, lifecycle.ConditionReady); tt != nil {
 				since = tt.Time
 			}
-			b.readyRecorded(since, false)
+			b.readyRecorded(since, false, keepalive)
 			return
 		}
 		lifecycle.Record(&slab.Status, lifecycle.ConditionReady, lifecycle.ReasonAppListening,
@@ -360,11 +367,11 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 			s.m.readyLatency.Observe(lat.Seconds())
 			s.m.readies.Inc()
 			b.log.Info("recorded Ready", "write", lat)
-			b.readyRecorded(received, false)
+			b.readyRecorded(received, false, keepalive)
 			return
 		}
 		if apierrors.IsNotFound(err) {
-			b.readyRecorded(received, true)
+			b.readyRecorded(received, true, time.Time{})
 			return
 		}
 		if !apierrors.IsConflict(err) || attempt >= maxWriteAttempts {
@@ -375,12 +382,21 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 	}
 }
 
-// markSwept records Swept (reason Idle) and lastActiveTime in one status
-// write, unless the phase machine says the slab is past that. swept reports
-// whether this call recorded it.
-func (s *Sweeper) markSwept(ctx context.Context, t target, ev Event, prefetched <-chan slabResult) (swept bool, err error) {
+// keepaliveOf is the slab's last keepalive call (zero for none).
+func keepaliveOf(slab *spawnerv1.SessionLivedBackend) time.Time {
+	if a := slab.Status.Activity; a != nil && a.KeepaliveTime != nil {
+		return a.KeepaliveTime.Time
+	}
+	return time.Time{}
+}
+
+// markSwept records Swept (reason Idle, a message naming the last activity),
+// lastActiveTime and the final activity in one status write, unless the
+// phase machine says the slab is past that, or the slab shows a keepalive
+// call that moves the deadline past now: then keptAlive is that call's time
+// and nothing is written. swept reports whether this call recorded Swept.
+func (s *Sweeper) markSwept(ctx context.Context, t target, ev Event, keepalive, deadline time.Time, prefetched <-chan slabResult) (swept bool, keptAlive time.Time, err error) {
 	client := s.slabs.SpawnerV1().SessionLivedBackends(t.namespace)
-	idle := s.clock.Now().Sub(ev.LastActive).Round(time.Millisecond)
 	for attempt := 1; ; attempt++ {
 		var slab *spawnerv1.SessionLivedBackend
 		if attempt == 1 && prefetched != nil {
@@ -390,34 +406,39 @@ func (s *Sweeper) markSwept(ctx context.Context, t target, ev Event, prefetched 
 			slab, err = client.Get(ctx, t.slab, metav1.GetOptions{})
 		}
 		if apierrors.IsNotFound(err) {
-			return false, nil
+			return false, time.Time{}, nil
 		}
 		if err != nil {
 			s.m.apiErrors.Inc()
-			return false, err
+			return false, time.Time{}, err
+		}
+		now := s.clock.Now()
+		if k := keepaliveOf(slab); k.After(keepalive) && k.Add(t.grace).After(now) {
+			return false, k, nil
 		}
 		phase := lifecycle.Phase(slab)
 		if !lifecycle.CanRecord(phase, lifecycle.ConditionSwept) {
-			return false, nil
+			return false, time.Time{}, nil
 		}
-		if !lifecycle.Record(&slab.Status, lifecycle.ConditionSwept, lifecycle.ReasonIdle,
-			fmt.Sprintf("no connection or request for %s (grace period %s)", idle, t.grace), slab.Generation) {
-			return false, nil
+		msg := sweptMessage(ev, keepalive, now, t.grace)
+		if !lifecycle.Record(&slab.Status, lifecycle.ConditionSwept, lifecycle.ReasonIdle, msg, slab.Generation) {
+			return false, time.Time{}, nil
 		}
 		last := metav1.NewTime(ev.LastActive)
 		slab.Status.LastActiveTime = &last
+		setSweptActivity(&slab.Status, ev, keepalive, deadline, now)
 		_, err = client.UpdateStatus(ctx, slab, metav1.UpdateOptions{})
 		if err == nil {
 			s.m.sweeps.Inc()
-			s.log.Info("swept idle backend", "backend", t.namespace+"/"+t.slab, "idle", idle, "grace", t.grace)
-			return true, nil
+			s.log.Info("swept idle backend", "backend", t.namespace+"/"+t.slab, "why", msg)
+			return true, time.Time{}, nil
 		}
 		if apierrors.IsNotFound(err) {
-			return false, nil
+			return false, time.Time{}, nil
 		}
 		if !apierrors.IsConflict(err) || attempt >= maxWriteAttempts {
 			s.m.apiErrors.Inc()
-			return false, err
+			return false, time.Time{}, err
 		}
 	}
 }

@@ -170,8 +170,7 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 	}()
 	w.Header().Set("Content-Type", "text/event-stream")
 	send := func(ev Event) bool {
-		_, err := fmt.Fprintf(w, "data: {\"ready\":%v,\"live_connections\":%d,\"seconds_since_active\":0,\"last_active\":%q,\"in_flight_requests\":0,\"websockets\":%d}\n\n",
-			ev.Ready, ev.LiveConnections, ev.LastActive.UTC().Format(time.RFC3339Nano), ev.LiveConnections)
+		_, err := w.Write(ev.AppendSSE(nil)) // the sidecar's own encoder
 		return err == nil && http.NewResponseController(w).Flush() == nil
 	}
 	if !send(cur) {
