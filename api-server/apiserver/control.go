@@ -20,6 +20,7 @@ func (s *Server) ControlHandler() http.Handler {
 	rt.handle("GET /backend/{name}/status/stream", s.authed(s.handleStream, true))
 	rt.handle("GET /backend/{name}/ready", s.authed(s.handleReady, true))
 	rt.handle("POST /backend/{name}/terminate", s.authed(s.handleTerminate, false))
+	rt.handle("POST /backend/{name}/keepalive", s.authed(s.handleKeepalive, false))
 	return s.instrument("control", rt.handler(func(r *http.Request) string {
 		return "no such endpoint: " + r.Method + " " + r.URL.Path
 	}))

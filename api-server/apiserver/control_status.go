@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -21,6 +22,9 @@ type StatusResponse struct {
 	Time    string `json:"time"`
 	Reason  string `json:"reason"`
 	Message string `json:"message"`
+	// Activity is why the backend is alive (status.activity, written by the
+	// sweeper); in the current state only, absent until first reported.
+	Activity *spawnerv1.BackendActivity `json:"activity,omitempty"`
 }
 
 // StateDeleted is the last event of a status stream whose backend is gone.
@@ -74,6 +78,7 @@ func currentStatus(slab *spawnerv1.SessionLivedBackend) StatusResponse {
 	if st.Message == "" && phase == lifecycle.Failed {
 		st.Message = slab.Status.Message
 	}
+	st.Activity = activityOf(slab)
 	return st
 }
 
@@ -108,6 +113,12 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		b, _ := json.Marshal(st)
 		fmt.Fprintf(w, "data: %s\n\n", b)
 	}
+	// ?activity=true adds an "activity" event (the current state with its
+	// status.activity) whenever the sweeper writes a change. They are named
+	// events, so an EventSource's onmessage (the waiting page) and clients
+	// that only want the transitions never see them.
+	wantActivity := r.URL.Query().Get("activity") == "true"
+	var lastActivity *spawnerv1.BackendActivity
 	keepAlive := time.NewTicker(15 * time.Second)
 	defer keepAlive.Stop()
 	last := -1
@@ -120,9 +131,17 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 		}
 		for i := last + 1; i < len(milestones); i++ {
 			if st, ok := transition(slab, i); ok {
+				if i == phaseIndex(lifecycle.Phase(slab)) {
+					st.Activity = activityOf(slab)
+				}
 				send(st)
 				last = i
 			}
+		}
+		if a := slab.Status.Activity; wantActivity && a != nil && !equality.Semantic.DeepEqual(a, lastActivity) {
+			lastActivity = a.DeepCopy()
+			io.WriteString(w, "event: activity\n")
+			send(currentStatus(slab))
 		}
 		rc.Flush()
 		if milestones[max(last, 0)].Phase == lifecycle.Failed {
