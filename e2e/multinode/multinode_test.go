@@ -139,11 +139,12 @@ func TestBackendsSpreadOverWorkersEachSweptByItsOwnNodesSweeper(t *testing.T) {
 	}
 	logs := podLogs(t, e, "app.kubernetes.io/name=spawner-sweeper")
 	for _, b := range backends {
-		mark := fmt.Sprintf("%q", framework.BackendNamespace+"/"+b.Name)
+		// slog's text handler writes backend=ns/name, its JSON handler "backend":"ns/name".
+		swept := regexp.MustCompile(`swept idle backend.*(backend=|"backend":")` + regexp.QuoteMeta(framework.BackendNamespace+"/"+b.Name) + `([ "]|$)`)
 		sweptBy := []string{}
 		for node, l := range logs {
 			for _, line := range strings.Split(l, "\n") {
-				if strings.Contains(line, "swept idle backend") && strings.Contains(line, mark) {
+				if swept.MatchString(line) {
 					sweptBy = append(sweptBy, node)
 				}
 			}
