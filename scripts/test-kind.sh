@@ -11,7 +11,7 @@
 #   4. with two or more workers, the multi-node suite (./e2e/multinode: spread, per-node sweepers,
 #      cross-node routing, a worker lost and restarted);
 #   5. `make down`, then CHECK that the snapshot equals the one before: no dockerd, containerd or
-#      shim of Docker's, no docker0/br-* bridge, no DOCKER* iptables chain or rule, the same FORWARD
+#      shim of Docker's, no kubectl/kind still pointed at the cluster, no docker0/br-* bridge, no DOCKER* iptables chain or rule, the same FORWARD
 #      policy and sysctls, no path Docker or kind created, no state directory.
 # It uses its own SPAWNER_CLUSTER_DIR (default /var/lib/spawner-kind) and router host port (default
 # 18081), so that it can run on a machine whose local cluster is up. Durations go to $SPAWNER_CACHE/kind/test-kind-<date>.log.
@@ -37,6 +37,14 @@ note() { echo "$*" | tee -a "$REPORT"; }
 kind_snapshot() (
 	set +e
 	ps -eo comm=,args= | awk '$1=="dockerd" || $1=="docker-proxy" || ($1 ~ /^containerd/ && $0 ~ /docker/) {print "process " $1}' | sort | uniq -c
+	# kubectl (the multi-call k8s), kind or docker still pointed at this cluster: a port-forward
+	# that up.sh or a test left running, say
+	for p in /proc/[0-9]*; do
+		case "$(cat "$p/comm" 2>/dev/null)" in k8s | kubectl | kind | docker) ;; *) continue ;; esac
+		if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "KUBECONFIG=$CD/kubeconfig" || tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$CD"; then
+			echo "process $(cat "$p/comm") $(tr '\0' ' ' <"$p/cmdline" | cut -c1-120)"
+		fi
+	done
 	ip -o link show | awk -F': ' '{sub(/@.*/,"",$2); print $2}' | grep -E '^(docker0|br-)' | sed 's/^/link /'
 	for t in filter nat mangle raw; do
 		iptables -w 5 -t "$t" -S 2>/dev/null | grep -E 'DOCKER|docker0|br-[0-9a-f]{12}' | sed "s/^/iptables $t /"

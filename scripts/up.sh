@@ -19,9 +19,12 @@ TOKEN=$(k -n "$NS" get secret spawner-api-tokens -o jsonpath='{.data.token}' | b
 [ -n "$TOKEN" ] || die "cannot read the control token from Secret $NS/spawner-api-tokens (key: token)"
 CONTROL=http://$(k -n "$NS" get svc spawner-api -o jsonpath='{.spec.clusterIP}'):8080
 if [ "$(cluster_mode)" = kind ]; then
-	# A kind cluster's ClusterIPs are not routable from the host: go through a port-forward.
-	k -n "$NS" port-forward svc/spawner-api 18080:8080 >/dev/null 2>&1 &
-	trap 'kill $! 2>/dev/null' EXIT
+	# A kind cluster's ClusterIPs are not routable from the host: go through a port-forward, for this
+	# script only. Started without the k function, so that $! is kubectl itself (the wrapper execs):
+	# killing a subshell that runs a function leaves its kubectl running.
+	"$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" -n "$NS" port-forward svc/spawner-api 18080:8080 >/dev/null 2>&1 &
+	pf=$!
+	trap 'kill $pf 2>/dev/null; wait $pf 2>/dev/null' EXIT
 	CONTROL=http://127.0.0.1:18080
 	sleep 2
 fi
@@ -50,6 +53,8 @@ while :; do
 	sleep 0.2
 done
 log "demo backend $name is Ready"
+[ "$(cluster_mode)" != kind ] || PF_HINT="
+      kubectl -n $NS port-forward svc/spawner-api 18080:8080 &   # kind: ClusterIPs are not routable from the host"
 cat <<EOT
 
     Open the demo room in a browser (open it twice and chat):
@@ -58,7 +63,7 @@ cat <<EOT
     or try it with curl:
       curl -sS '${url%%\?*}healthz?${url#*\?}'
 
-    Spawn your own backend through the control API:
+    Spawn your own backend through the control API:${PF_HINT:-}
       export SPAWNER_TOKEN=\$(kubectl -n $NS get secret spawner-api-tokens -o jsonpath='{.data.token}' | base64 -d | head -n1)
       curl -sS -H "Authorization: Bearer \$SPAWNER_TOKEN" -d '{"image":"localhost/spawner-demo:dev"}' $CONTROL/spawn
 

@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,6 +132,10 @@ var forwarding = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+)`)
 // test binary's life and returns the local address.
 func portForward(service string, port int32) (string, error) {
 	cmd := exec.Command("kubectl", "-n", SystemNamespace, "port-forward", "svc/"+service, fmt.Sprintf("0:%d", port))
+	// Nothing kills it when the test binary ends, and a kubectl whose stdout
+	// is gone keeps forwarding until it next writes: have the kernel end it
+	// with its parent (make test-kind's leak check found them left over).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return "", err

@@ -188,8 +188,9 @@ func TestWorkerLossFailsItsBackendsAndSparesTheOthers(t *testing.T) {
 
 	// Recovery: the node comes back, its lost pods are cleaned up, and it takes new backends.
 	restart()
+	restartedAt := time.Now()
 	waitNodeReady(t, e, victim, 3*time.Minute)
-	t.Logf("node %s Ready again %v after docker start", victim, time.Since(start).Round(time.Second))
+	t.Logf("node %s Ready again %v after docker start (%v after docker stop)", victim, time.Since(restartedAt).Round(time.Second), time.Since(start).Round(time.Second))
 	// The lost pods are gone; the slabs stay Failed, with their reason, for
 	// the client to read until the controller's failed-retention (10m in
 	// deploy/) deletes them. Nothing came back to life.
