@@ -17,11 +17,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -124,34 +121,6 @@ func isControlAPI(client *http.Client, base string) bool {
 	}
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusMethodNotAllowed
-}
-
-var forwarding = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+)`)
-
-// portForward runs `kubectl port-forward` to a Service for the rest of the
-// test binary's life and returns the local address.
-func portForward(service string, port int32) (string, error) {
-	cmd := exec.Command("kubectl", "-n", SystemNamespace, "port-forward", "svc/"+service, fmt.Sprintf("0:%d", port))
-	// Nothing kills it when the test binary ends, and a kubectl whose stdout
-	// is gone keeps forwarding until it next writes: have the kernel end it
-	// with its parent (make test-kind's leak check found them left over).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return "", err
-	}
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	lines := bufio.NewScanner(out)
-	for lines.Scan() {
-		if m := forwarding.FindStringSubmatch(lines.Text()); m != nil {
-			go io.Copy(io.Discard, out)
-			return "127.0.0.1:" + m[1], nil
-		}
-	}
-	cmd.Process.Kill()
-	return "", fmt.Errorf("kubectl port-forward ended without forwarding")
 }
 
 // SpawnRequest is the body of POST /spawn.

@@ -4,10 +4,12 @@ package lifecycle
 
 import (
 	"context"
+	"net/http"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"spawner.dev/common/clustertest"
@@ -23,7 +25,14 @@ func killOne(t *testing.T, e *framework.Env, selector string) {
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("no pod matches %s (err %v)", selector, err)
 	}
-	victim := pods.Items[0]
+	killPod(t, e, selector, pods.Items[0])
+}
+
+// killPod deletes victim with no grace period and waits until another pod
+// matching selector is running and ready.
+func killPod(t *testing.T, e *framework.Env, selector string, victim corev1.Pod) {
+	t.Helper()
+	ctx := context.Background()
 	zero := int64(0)
 	if err := e.Kube.CoreV1().Pods(framework.SystemNamespace).Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 		t.Fatalf("killing %s: %v", victim.Name, err)
@@ -71,4 +80,35 @@ func TestLifecycleSurvivesComponentRestarts(t *testing.T) {
 	killOne(t, e, "app.kubernetes.io/name=spawner-controller")
 	e.WaitForState(t, backend.Name, "Swept", time.Duration(grace+60)*time.Second)
 	e.WaitGone(t, backend.Name, 60*time.Second)
+}
+
+// TestControlAPIReachableWhileEveryReplicaIsReplaced kills every spawner-api
+// replica in turn, then spawns through the same control address: a client
+// of the Service keeps working once replacements are ready. On kind the
+// suite reaches the Service through kubectl port-forward, which is bound to
+// one pod and exits with it; this is the test that the framework's forward
+// follows the Service to a live replica.
+func TestControlAPIReachableWhileEveryReplicaIsReplaced(t *testing.T) {
+	e := framework.Deployed(t)
+	const selector = "app.kubernetes.io/name=spawner-api"
+	pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("no pod matches %s (err %v)", selector, err)
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			killPod(t, e, selector, p)
+		}
+	}
+	// kube-proxy (local cluster) takes a moment to route to the new pods.
+	clustertest.Eventually(t, 30*time.Second, "the control API answering after its replicas were replaced", func() (bool, error) {
+		resp, err := e.HTTP.Get(e.Control + "/spawn")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusMethodNotAllowed, nil
+	})
+	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(30)})
+	e.WaitForState(t, backend.Name, "Ready", 120*time.Second)
 }
