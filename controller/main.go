@@ -6,11 +6,10 @@ package main
 import (
 	"context"
 	"flag"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
-
-	"k8s.io/klog/v2"
 
 	"spawner.dev/controller/reconciler"
 )
@@ -18,16 +17,13 @@ import (
 func main() {
 	var cfg reconciler.Config
 	fs := flag.NewFlagSet(os.Args[0], flag.ExitOnError)
-	klog.InitFlags(fs)
 	cfg.AddFlags(fs)
 	fs.Parse(os.Args[1:])
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := reconciler.Run(ctx, cfg); err != nil {
-		klog.ErrorS(err, "spawner-controller stopped")
-		klog.Flush()
+		slog.Error("spawner-controller stopped", "err", err)
 		os.Exit(1)
 	}
-	klog.Flush()
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"spawner.dev/common/kubeclient"
+	"spawner.dev/common/logs"
 )
 
 // Config is everything the api-server takes from its flags.
@@ -45,7 +46,10 @@ type Config struct {
 	SpawnBurstPerToken  int
 
 	Kube kubeclient.Options
+	Log  logs.Options
 
+	// Logger is the server's logger; Run makes it from Log when nil, New
+	// uses slog.Default().
 	Logger *slog.Logger
 }
 
@@ -71,4 +75,5 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.SpawnRatePerToken, "spawn-rate-per-token", 20, "sustained POST /spawn requests per second per control token and replica; beyond it 429 with Retry-After (0: no limit)")
 	fs.IntVar(&c.SpawnBurstPerToken, "spawn-burst-per-token", 200, "POST /spawn requests a control token may send at once before --spawn-rate-per-token applies")
 	c.Kube.AddFlags(fs)
+	c.Log.AddFlags(fs)
 }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/kubeclient"
 	"spawner.dev/generated/clientset/versioned"
 	"spawner.dev/generated/informers/externalversions"
 	spawnerlisters "spawner.dev/generated/listers/spawner/v1"
@@ -55,21 +56,18 @@ type Server struct {
 	shutdownOnce sync.Once
 }
 
-// Run builds the clients from cfg.Kube and serves until ctx ends.
+// Run sets up logging from cfg.Log (unless cfg.Logger is given), builds the
+// clients from cfg.Kube and serves until ctx ends.
 func Run(ctx context.Context, cfg Config) error {
-	rc, err := cfg.Kube.Config("spawner-api-server")
+	if cfg.Logger == nil {
+		cfg.Logger = cfg.Log.Setup()
+		kubeclient.RouteKlog(cfg.Logger, int(cfg.Log.Verbosity))
+	}
+	clients, err := kubeclient.NewClients(&cfg.Kube, "spawner-api-server", versioned.NewForConfig)
 	if err != nil {
 		return err
 	}
-	kube, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return err
-	}
-	slabs, err := versioned.NewForConfig(rc)
-	if err != nil {
-		return err
-	}
-	s, err := New(cfg, kube, slabs)
+	s, err := New(cfg, clients.Kube, clients.Spawner)
 	if err != nil {
 		return err
 	}

@@ -5,10 +5,14 @@ package kubeclient
 import (
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"strconv"
 
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 )
 
 // Options are the connection settings a component takes from its flags.
@@ -58,4 +62,43 @@ func (o *Options) Config(userAgent string) (*rest.Config, error) {
 	cfg.Burst = o.Burst
 	cfg.UserAgent = userAgent
 	return cfg, nil
+}
+
+// Clients are what a spawner component talks to the API server with.
+type Clients[S any] struct {
+	Config *rest.Config
+	Kube   kubernetes.Interface
+	// Spawner is the spawner.dev clientset (generated/clientset/versioned).
+	Spawner S
+}
+
+// NewClients builds the rest.Config from o and both clientsets on it, the
+// one way every component does. newSpawner is versioned.NewForConfig: common
+// does not import the generated clientset, so the sidecar's module, which
+// needs common/wire, stays free of it.
+func NewClients[S any](o *Options, userAgent string, newSpawner func(*rest.Config) (S, error)) (Clients[S], error) {
+	var c Clients[S]
+	cfg, err := o.Config(userAgent)
+	if err != nil {
+		return c, err
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return c, fmt.Errorf("building the Kubernetes client: %w", err)
+	}
+	sp, err := newSpawner(cfg)
+	if err != nil {
+		return c, fmt.Errorf("building the spawner.dev client: %w", err)
+	}
+	return Clients[S]{Config: cfg, Kube: kube, Spawner: sp}, nil
+}
+
+// RouteKlog sends klog — where client-go writes its own lines (leader
+// election, watch errors, event broadcasting) — into log, so a process writes
+// one format; klog's V(n) lines pass when n <= verbosity.
+func RouteKlog(log *slog.Logger, verbosity int) {
+	var fs flag.FlagSet
+	klog.InitFlags(&fs)
+	fs.Set("v", strconv.Itoa(verbosity))
+	klog.SetSlogLogger(log)
 }

@@ -12,6 +12,7 @@ package reconciler
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +30,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
-	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
 	"spawner.dev/apis/lifecycle"
@@ -74,6 +74,7 @@ type Controller struct {
 	recorder record.EventRecorder
 	clock    clock.Clock
 	metrics  *Metrics
+	log      *slog.Logger
 
 	started     time.Time
 	cachesReady atomic.Bool
@@ -83,7 +84,7 @@ type Controller struct {
 }
 
 // Params is what New wires together. Kube, Spawner, Slabs, Pods and Recorder
-// are required; Metrics and Clock default to fresh metrics and the real clock.
+// are required; Metrics, Clock and Logger have defaults.
 type Params struct {
 	Kube    kubernetes.Interface
 	Spawner versioned.Interface
@@ -94,12 +95,17 @@ type Params struct {
 	Recorder record.EventRecorder
 	Metrics  *Metrics
 	Clock    clock.Clock
-	Options  Options
+	// Logger defaults to slog.Default().
+	Logger  *slog.Logger
+	Options Options
 }
 
 // New wires a controller to its informers.
 func New(p Params) (*Controller, error) {
-	clk, metrics, opts := p.Clock, p.Metrics, p.Options
+	clk, metrics, opts, log := p.Clock, p.Metrics, p.Options, p.Logger
+	if log == nil {
+		log = slog.Default()
+	}
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
@@ -115,7 +121,7 @@ func New(p Params) (*Controller, error) {
 		opts: opts, kube: p.Kube, spawner: p.Spawner,
 		slabs: p.Slabs.Lister(), pods: p.Pods.Lister(),
 		synced:   []cache.InformerSynced{slabInformer.HasSynced, podInformer.HasSynced},
-		recorder: p.Recorder, clock: clk, metrics: metrics,
+		recorder: p.Recorder, clock: clk, metrics: metrics, log: log,
 		started:   clk.Now(),
 		readySeen: map[types.UID]bool{},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
@@ -209,12 +215,12 @@ func (c *Controller) CachesSynced() bool { return c.cachesReady.Load() }
 func (c *Controller) Run(ctx context.Context, workers int) error {
 	defer utilruntime.HandleCrash()
 	defer c.queue.ShutDown()
-	klog.InfoS("Waiting for informer caches to sync")
+	c.log.Info("waiting for informer caches to sync")
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return fmt.Errorf("informer caches did not sync")
 	}
 	c.cachesReady.Store(true)
-	klog.InfoS("Starting workers", "count", workers)
+	c.log.Info("starting workers", "count", workers)
 	var wg sync.WaitGroup
 	for i := 0; i < workers; i++ {
 		wg.Add(1)
@@ -245,9 +251,9 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	c.metrics.observeReconcile(c.clock.Since(start), err)
 	if err != nil {
 		if apierrors.IsConflict(err) {
-			klog.V(4).InfoS("Conflict, requeueing", "slab", key)
+			c.log.Debug("conflict, requeueing", "slab", key)
 		} else {
-			klog.ErrorS(err, "Sync failed, requeueing", "slab", key)
+			c.log.Error("sync failed, requeueing", "slab", key, "err", err)
 		}
 		c.queue.AddRateLimited(key)
 		return true

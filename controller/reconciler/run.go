@@ -17,16 +17,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	kubescheme "k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/klog/v2"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/env"
 	"spawner.dev/common/kubeclient"
+	"spawner.dev/common/logs"
 	"spawner.dev/generated/clientset/versioned"
 	spawnerscheme "spawner.dev/generated/clientset/versioned/scheme"
 	"spawner.dev/generated/informers/externalversions"
@@ -35,6 +35,7 @@ import (
 // Config is everything the controller process is configured with.
 type Config struct {
 	Kube kubeclient.Options
+	Log  logs.Options
 
 	SidecarImage         string
 	SidecarPullPolicy    string
@@ -64,13 +65,6 @@ type Config struct {
 	LeaderElectionIdent string
 }
 
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
 // DefaultSidecarImage is the sidecar of this release.
 const DefaultSidecarImage = "ghcr.io/spawner-dev/spawner-sidecar:v0.1.0"
 
@@ -91,8 +85,9 @@ const (
 // AddFlags registers the controller's flags (docs/controller.md lists them).
 func (c *Config) AddFlags(fs *flag.FlagSet) {
 	c.Kube.AddFlags(fs)
-	fs.StringVar(&c.SidecarImage, "sidecar-image", envOr("SPAWNER_SIDECAR_IMAGE", DefaultSidecarImage), "image of the spawner-sidecar container added to every backend pod (env SPAWNER_SIDECAR_IMAGE)")
-	fs.StringVar(&c.SidecarPullPolicy, "sidecar-image-pull-policy", envOr("SPAWNER_SIDECAR_IMAGE_PULL_POLICY", string(corev1.PullIfNotPresent)), "imagePullPolicy of the sidecar container: Always, IfNotPresent or Never")
+	c.Log.AddFlags(fs)
+	fs.StringVar(&c.SidecarImage, "sidecar-image", env.Or("SPAWNER_SIDECAR_IMAGE", DefaultSidecarImage), "image of the spawner-sidecar container added to every backend pod (env SPAWNER_SIDECAR_IMAGE)")
+	fs.StringVar(&c.SidecarPullPolicy, "sidecar-image-pull-policy", env.Or("SPAWNER_SIDECAR_IMAGE_PULL_POLICY", string(corev1.PullIfNotPresent)), "imagePullPolicy of the sidecar container: Always, IfNotPresent or Never")
 	fs.StringVar(&c.SidecarCPURequest, "sidecar-cpu-request", DefaultSidecarCPURequest, "CPU request of the sidecar container (empty: none)")
 	fs.StringVar(&c.SidecarMemoryRequest, "sidecar-memory-request", DefaultSidecarMemoryRequest, "memory request of the sidecar container (empty: none)")
 	fs.StringVar(&c.AppCPURequest, "app-default-cpu-request", "5m", "CPU request of a backend's app container whose template sets no resources (empty: none)")
@@ -108,7 +103,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ResyncPeriod, "resync-period", 10*time.Minute, "informer resync: every slab is re-synced this often as a safety net (0 disables)")
 	fs.StringVar(&c.HTTPAddress, "http-address", ":8080", "address serving /healthz, /readyz and /metrics (empty disables)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", true, "run only while holding the Lease lock, so replicas can stand by")
-	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", envOr("POD_NAMESPACE", "spawner-system"), "namespace of the Lease (env POD_NAMESPACE)")
+	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", env.Or("POD_NAMESPACE", "spawner-system"), "namespace of the Lease (env POD_NAMESPACE)")
 	fs.StringVar(&c.LeaderElectionID, "leader-election-id", "spawner-controller", "name of the Lease")
 	fs.DurationVar(&c.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "how long standbys wait before taking over an unrenewed lease")
 	fs.DurationVar(&c.RenewDeadline, "leader-election-renew-deadline", 10*time.Second, "how long the leader retries renewing before it gives up leading (and exits)")
@@ -176,18 +171,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	restCfg, err := cfg.Kube.Config("spawner-controller")
+	log := cfg.Log.Setup()
+	kubeclient.RouteKlog(log, int(cfg.Log.Verbosity))
+	clients, err := kubeclient.NewClients(&cfg.Kube, "spawner-controller", versioned.NewForConfig)
 	if err != nil {
 		return err
 	}
-	kube, err := kubernetes.NewForConfig(restCfg)
-	if err != nil {
-		return err
-	}
-	sp, err := versioned.NewForConfig(restCfg)
-	if err != nil {
-		return err
-	}
+	kube, sp := clients.Kube, clients.Spawner
 	utilAddToScheme()
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
@@ -230,7 +220,7 @@ func Run(ctx context.Context, cfg Config) error {
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go srv.Serve(ln)
 		defer srv.Close()
-		klog.InfoS("Serving health and metrics", "address", ln.Addr().String())
+		log.Info("serving health and metrics", "address", ln.Addr().String())
 	}
 
 	runController := func(ctx context.Context) error {
@@ -250,7 +240,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}))
 		slabs := spawnerFactory.Spawner().V1().SessionLivedBackends()
 		pods := kubeFactory.Core().V1().Pods()
-		c, err := New(Params{Kube: kube, Spawner: sp, Slabs: slabs, Pods: pods, Recorder: recorder, Metrics: m, Options: opts})
+		c, err := New(Params{Kube: kube, Spawner: sp, Slabs: slabs, Pods: pods, Recorder: recorder, Metrics: m, Logger: log, Options: opts})
 		if err != nil {
 			return err
 		}
@@ -297,13 +287,13 @@ func Run(ctx context.Context, cfg Config) error {
 		WatchDog:        watchdog,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
-				klog.InfoS("Became leader", "identity", id)
+				log.Info("became leader", "identity", id)
 				errCh <- runController(ctx)
 			},
-			OnStoppedLeading: func() { klog.InfoS("Stopped leading", "identity", id) },
+			OnStoppedLeading: func() { log.Info("stopped leading", "identity", id) },
 			OnNewLeader: func(leader string) {
 				if leader != id {
-					klog.InfoS("Standing by", "leader", leader)
+					log.Info("standing by", "leader", leader)
 				}
 			},
 		},
@@ -311,7 +301,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	klog.InfoS("Waiting for the leader lease", "lease", cfg.LeaderElectionNS+"/"+cfg.LeaderElectionID, "identity", id)
+	log.Info("waiting for the leader lease", "lease", cfg.LeaderElectionNS+"/"+cfg.LeaderElectionID, "identity", id)
 	elector.Run(ctx)
 	select {
 	case err := <-errCh:

@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/klog/v2"
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
@@ -141,7 +140,7 @@ func (c *Controller) writeStatus(ctx context.Context, key string, slab *spawnerv
 			kind = corev1.EventTypeWarning
 		}
 		c.recorder.Event(res, kind, string(t.Phase), t.Reason+": "+t.Message)
-		klog.V(2).InfoS("Backend phase changed", "slab", key, "phase", t.Phase, "reason", t.Reason, "message", t.Message)
+		c.log.Debug("backend phase changed", "slab", key, "phase", t.Phase, "reason", t.Reason, "message", t.Message)
 	}
 	return res, nil
 }
@@ -315,7 +314,7 @@ func (c *Controller) deletePod(ctx context.Context, pod *corev1.Pod, grace *int6
 	err := c.kube.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, opts)
 	if err == nil {
 		c.metrics.podsDeleted.Inc()
-		klog.V(2).InfoS("Deleted backend pod", "pod", klog.KObj(pod))
+		c.log.Debug("deleted backend pod", "pod", pod.Namespace+"/"+pod.Name)
 	}
 	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 		return nil
@@ -328,7 +327,7 @@ func (c *Controller) deleteSlab(ctx context.Context, slab *spawnerv1.SessionLive
 	err := c.spawner.SpawnerV1().SessionLivedBackends(slab.Namespace).Delete(ctx, slab.Name, opts)
 	if err == nil {
 		c.metrics.slabsDeleted.Inc()
-		klog.V(2).InfoS("Deleted backend", "slab", klog.KObj(slab), "why", why)
+		c.log.Debug("deleted backend", "slab", slab.Namespace+"/"+slab.Name, "why", why)
 	}
 	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 		return nil

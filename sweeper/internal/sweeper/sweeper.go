@@ -25,6 +25,8 @@ import (
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/kubeclient"
+	"spawner.dev/common/logs"
 	"spawner.dev/common/metrics"
 	"spawner.dev/common/routerproof"
 	"spawner.dev/common/wire"
@@ -66,6 +68,15 @@ type Config struct {
 	// written as soon as it allows. ActivityRefresh (10 s) spaces writes of
 	// other changes (how many connections). See activity.go.
 	ActivityMinGap, ActivityRefresh time.Duration
+
+	// The process's settings (Run; New ignores them).
+
+	// Kube is how Run reaches the API server.
+	Kube kubeclient.Options
+	// Log is Run's logging.
+	Log logs.Options
+	// Listen is the address of /healthz and /metrics.
+	Listen string
 }
 
 func (c *Config) defaults() {
