@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -28,12 +27,12 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"spawner.dev/common/clustertest"
+	"spawner.dev/common/freeport"
 	"spawner.dev/generated/clientset/versioned"
 )
 
@@ -53,30 +52,16 @@ type env struct {
 	a, b     replica
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // setup: CRD, a namespace, controller + sweeper for it, two api-servers.
 func setup(t *testing.T) *env {
 	t.Helper()
-	cfg := clustertest.Config(t)
-	clustertest.EnsureCRD(t, cfg)
-	e := &env{t: t, cfg: cfg, kube: kubernetes.NewForConfigOrDie(cfg), sp: versioned.NewForConfigOrDie(cfg)}
-	e.node = e.pickNode()
-	e.ns = clustertest.Namespace(t, cfg)
+	ce := clustertest.Setup(t)
+	e := &env{t: t, cfg: ce.Config, kube: ce.Kube, sp: versioned.NewForConfigOrDie(ce.Config), ns: ce.Namespace}
+	e.node = clustertest.Node(t, e.kube, clustertest.DemoImage, clustertest.SidecarImage)
 	kc := "--kubeconfig=" + os.Getenv("KUBECONFIG")
 
-	clustertest.Start(t, clustertest.Binary(t, "controller"), kc, "--namespace="+e.ns, "--leader-elect=false",
-		"--sidecar-image="+clustertest.SidecarImage, "--sidecar-image-pull-policy=IfNotPresent", "--http-address="+freeAddr(t),
-		"--startup-timeout=2m")
-	clustertest.Start(t, clustertest.Binary(t, "sweeper"), kc, "--node-name="+e.node, "--namespace="+e.ns, "--listen="+freeAddr(t))
+	clustertest.StartController(t, e.ns, "--http-address="+freeport.Addr(t))
+	clustertest.StartSweeper(t, e.ns, e.node, freeport.Addr(t))
 
 	dir := t.TempDir()
 	tokens, key := filepath.Join(dir, "tokens"), filepath.Join(dir, "key")
@@ -85,9 +70,9 @@ func setup(t *testing.T) *env {
 	bin := clustertest.Binary(t, "api-server")
 	// Both replicas hand out URLs on replica a's router, as replicas behind
 	// one Service would; tests reach replica b's router by swapping the host.
-	publicAddr := freeAddr(t)
+	publicAddr := freeport.Addr(t)
 	start := func(r string) replica {
-		c := freeAddr(t)
+		c := freeport.Addr(t)
 		p := clustertest.Start(t, bin, kc, "--backend-namespace="+e.ns, "--control-addr="+c, "--router-addr="+r,
 			"--public-url=http://"+publicAddr, "--token-file="+tokens, "--access-token-key-file="+key, "--log-json=false")
 		rep := replica{control: "http://" + c, router: "http://" + r, proc: p}
@@ -101,33 +86,8 @@ func setup(t *testing.T) *env {
 		})
 		return rep
 	}
-	e.a, e.b = start(publicAddr), start(freeAddr(t))
+	e.a, e.b = start(publicAddr), start(freeport.Addr(t))
 	return e
-}
-
-// pickNode is a Ready node with the images.
-func (e *env) pickNode() string {
-	nodes, err := e.kube.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	for _, n := range nodes.Items {
-		have := map[string]bool{}
-		for _, img := range n.Status.Images {
-			for _, name := range img.Names {
-				have[strings.TrimPrefix(name, "docker.io/")] = true
-			}
-		}
-		ready := false
-		for _, c := range n.Status.Conditions {
-			ready = ready || (c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue)
-		}
-		if ready && have[clustertest.DemoImage] && have[clustertest.SidecarImage] {
-			return n.Name
-		}
-	}
-	e.t.Fatalf("no Ready node has %s and %s: run scripts/build-images.sh", clustertest.DemoImage, clustertest.SidecarImage)
-	return ""
 }
 
 var noRedirect = &http.Client{

@@ -21,6 +21,7 @@ import (
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/clustertest"
+	"spawner.dev/common/freeport"
 )
 
 // restrict labels the test namespace as deploy/api-server/namespace.yaml
@@ -125,9 +126,9 @@ func (e *env) startLimited(extra ...string) string {
 	tokens, key := filepath.Join(dir, "tokens"), filepath.Join(dir, "key")
 	os.WriteFile(tokens, []byte(controlToken+"\n"), 0o600)
 	os.WriteFile(key, []byte("cluster-test-access-token-key-0123456789"), 0o600)
-	c := freeAddr(e.t)
+	c := freeport.Addr(e.t)
 	args := append([]string{"--kubeconfig=" + os.Getenv("KUBECONFIG"), "--backend-namespace=" + e.ns, "--control-addr=" + c,
-		"--router-addr=" + freeAddr(e.t), "--public-url=http://127.0.0.1:1", "--token-file=" + tokens,
+		"--router-addr=" + freeport.Addr(e.t), "--public-url=http://127.0.0.1:1", "--token-file=" + tokens,
 		"--access-token-key-file=" + key, "--log-json=false"}, extra...)
 	clustertest.Start(e.t, clustertest.Binary(e.t, "api-server"), args...)
 	base := "http://" + c

@@ -32,6 +32,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
+
+	"spawner.dev/common/env"
 )
 
 // Config is the rest.Config of the cluster under test, from $KUBECONFIG. A
@@ -65,16 +67,9 @@ func RepoRoot(t testing.TB) string {
 // backends; SPAWNER_TEST_DEMO_IMAGE and SPAWNER_TEST_SIDECAR_IMAGE override
 // them (on kind, for images pushed elsewhere).
 var (
-	DemoImage    = envOr("SPAWNER_TEST_DEMO_IMAGE", "localhost/spawner-demo:dev")
-	SidecarImage = envOr("SPAWNER_TEST_SIDECAR_IMAGE", "localhost/spawner-sidecar:dev")
+	DemoImage    = env.Or("SPAWNER_TEST_DEMO_IMAGE", "localhost/spawner-demo:dev")
+	SidecarImage = env.Or("SPAWNER_TEST_SIDECAR_IMAGE", "localhost/spawner-sidecar:dev")
 )
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 

@@ -10,7 +10,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,6 +28,7 @@ import (
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/clustertest"
+	"spawner.dev/common/freeport"
 	"spawner.dev/generated/clientset/versioned"
 )
 
@@ -41,81 +41,23 @@ type env struct {
 	httpAddr string
 }
 
-// setup gives a test the cluster, the CRD and a namespace of its own.
+// setup gives a test the cluster, the CRD and a namespace of its own, and
+// warns when the images are not on the node.
 func setup(t *testing.T) *env {
 	t.Helper()
-	cfg := clustertest.Config(t)
-	clustertest.EnsureCRD(t, cfg)
-	e := &env{t: t, cfg: cfg, kube: kubernetes.NewForConfigOrDie(cfg), sp: versioned.NewForConfigOrDie(cfg)}
-	requireImages(t, e.kube, clustertest.DemoImage, clustertest.SidecarImage)
-	e.ns = clustertest.Namespace(t, cfg)
+	ce := clustertest.Setup(t)
+	e := &env{t: t, cfg: ce.Config, kube: ce.Kube, sp: versioned.NewForConfigOrDie(ce.Config), ns: ce.Namespace}
+	clustertest.Node(t, e.kube, clustertest.DemoImage, clustertest.SidecarImage)
 	return e
-}
-
-// requireImages warns, with the fix, when the images are not on the node.
-// The node's image list is refreshed with its status (every ~10 s), so a
-// freshly loaded image may show up late: wait a little, then only warn (a
-// missing image makes the tests fail later with ImagePullFailed anyway).
-func requireImages(t *testing.T, kube kubernetes.Interface, images ...string) {
-	t.Helper()
-	var missing []string
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Second) {
-		nodes, err := kube.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		have := map[string]bool{}
-		for _, n := range nodes.Items {
-			for _, img := range n.Status.Images {
-				for _, name := range img.Names {
-					have[name] = true
-					have[strings.TrimPrefix(name, "docker.io/")] = true
-				}
-			}
-		}
-		missing = missing[:0]
-		for _, img := range images {
-			if !have[img] {
-				missing = append(missing, img)
-			}
-		}
-		if len(missing) == 0 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if len(missing) > 0 {
-		t.Logf("WARNING: images %v are not listed on any node (run scripts/build-images.sh)", missing)
-	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // startController runs the controller binary for the test's namespace;
 // later args override the defaults.
 func (e *env) startController(args ...string) *clustertest.Process {
 	e.t.Helper()
-	bin := clustertest.Binary(e.t, "controller")
-	e.httpAddr = freeAddr(e.t)
-	base := []string{
-		"--kubeconfig=" + os.Getenv("KUBECONFIG"),
-		"--namespace=" + e.ns,
-		"--leader-elect=false",
-		"--sidecar-image=" + clustertest.SidecarImage,
-		"--sidecar-image-pull-policy=IfNotPresent",
-		"--http-address=" + e.httpAddr,
-		"--failed-retention=10m",
-		"--startup-timeout=2m",
-		"-v=2",
-	}
-	return clustertest.Start(e.t, bin, append(base, args...)...)
+	e.httpAddr = freeport.Addr(e.t)
+	base := []string{"--http-address=" + e.httpAddr, "--failed-retention=10m", "-v=2"}
+	return clustertest.StartController(e.t, e.ns, append(base, args...)...)
 }
 
 // newSlab is a backend running the demo app, after mutate.

@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -27,15 +26,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 
 	"spawner.dev/common/clustertest"
+	"spawner.dev/common/env"
 	"spawner.dev/e2e/framework"
 )
-
-func envInt(name string, fallback int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
-		return v
-	}
-	return fallback
-}
 
 type sample []time.Duration
 
@@ -102,8 +95,8 @@ func spawnReady(t *testing.T, e *framework.Env) (time.Duration, string, time.Tim
 func TestSpawnLatencyAgainstRawPods(t *testing.T) {
 	e := framework.Deployed(t)
 	ns := clustertest.Namespace(t, clustertest.Config(t))
-	n := envInt("SPAWNER_BENCH_SEQUENTIAL", 50)
-	burst := envInt("SPAWNER_BENCH_BURST", 100)
+	n := env.Int("SPAWNER_BENCH_SEQUENTIAL", 50)
+	burst := env.Int("SPAWNER_BENCH_BURST", 100)
 	var report strings.Builder
 	fmt.Fprintf(&report, "# Spawn benchmarks\n\nWritten by `make bench-e2e` (e2e/bench) on %s against the spawner deployed by scripts/deploy.sh. "+
 		"Every spawner figure is measured side by side with raw Pods of the same image (localhost/spawner-demo:dev) on the same cluster in the same run; "+
@@ -180,7 +173,7 @@ func TestSpawnLatencyAgainstRawPods(t *testing.T) {
 	// Idle → swept: the delay past the grace period, seen from the outside.
 	var delays sample
 	const grace = 3
-	for range envInt("SPAWNER_BENCH_SWEEPS", 5) {
+	for range env.Int("SPAWNER_BENCH_SWEEPS", 5) {
 		backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(grace)})
 		e.WaitForState(t, backend.Name, "Ready", 120*time.Second)
 		resp, err := http.Get(backend.URL)

@@ -21,6 +21,7 @@ import (
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/env"
 	"spawner.dev/e2e/framework"
 )
 
@@ -208,11 +209,11 @@ func TestDensity(t *testing.T) {
 		t.Skip("no cgroup v1 kubepods hierarchy here: run it on the local cluster's node")
 	}
 	e := framework.Deployed(t)
-	capN := envInt("SPAWNER_BENCH_DENSITY_CAP", 200)
-	width := envInt("SPAWNER_BENCH_DENSITY_WIDTH", 20)
-	window := time.Duration(envInt("SPAWNER_BENCH_DENSITY_WINDOW", 60)) * time.Second
-	settle := time.Duration(envInt("SPAWNER_BENCH_DENSITY_SETTLE", 30)) * time.Second
-	grace := time.Duration(envInt("SPAWNER_BENCH_DENSITY_GRACE", 30)) * time.Second
+	capN := env.Int("SPAWNER_BENCH_DENSITY_CAP", 200)
+	width := env.Int("SPAWNER_BENCH_DENSITY_WIDTH", 20)
+	window := time.Duration(env.Int("SPAWNER_BENCH_DENSITY_WINDOW", 60)) * time.Second
+	settle := time.Duration(env.Int("SPAWNER_BENCH_DENSITY_SETTLE", 30)) * time.Second
+	grace := time.Duration(env.Int("SPAWNER_BENCH_DENSITY_GRACE", 30)) * time.Second
 	sw := watchSlabs(t, e)
 	loadStart := loadAverage()
 	conns := map[string]*websocket.Conn{}

@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"spawner.dev/common/freeport"
 )
 
 const roleEnv = "SIDECAR_BENCH_ROLE"
@@ -62,16 +64,6 @@ func runApp(addr string) {
 	})
 	fmt.Fprintln(os.Stderr, http.ListenAndServe(addr, mux))
 	os.Exit(1)
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func startApp(t *testing.T, env ...string) *exec.Cmd {
@@ -391,7 +383,7 @@ func startNginx(t *testing.T, appPort int) (worker int, public string) {
 	if os.Geteuid() == 0 {
 		user = "user root;" // workers would otherwise run as nobody, who cannot use dir
 	}
-	port := freePort(t)
+	port := freeport.Port(t)
 	conf := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(nginxConfig, user, dir, appPort, port)), 0o644); err != nil {
 		t.Fatal(err)
@@ -432,7 +424,7 @@ func TestFigures(t *testing.T) {
 	if rounds <= 0 {
 		rounds = 5
 	}
-	appPort := freePort(t)
+	appPort := freeport.Port(t)
 	app := startApp(t, fmt.Sprintf("SIDECAR_BENCH_APP_ADDR=127.0.0.1:%d", appPort))
 	direct := fmt.Sprintf("127.0.0.1:%d", appPort)
 	waitHTTP(t, "http://"+direct+"/")
@@ -443,7 +435,7 @@ func TestFigures(t *testing.T) {
 		t.Fatalf("building the sidecar: %v\n%s", err, out)
 	}
 	startSidecar := func() (cmd *exec.Cmd, public string, statusPort int) {
-		servePort, statusPort := freePort(t), freePort(t)
+		servePort, statusPort := freeport.Port(t), freeport.Port(t)
 		cmd = exec.Command(bin, "--listen-host=127.0.0.1", fmt.Sprintf("--serve-port=%d", servePort),
 			fmt.Sprintf("--upstream-port=%d", appPort), fmt.Sprintf("--status-port=%d", statusPort))
 		cmd.Env = append(os.Environ(), os.Getenv("SIDECAR_BENCH_SIDECAR_ENV")) // e.g. GOMAXPROCS=2

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"spawner.dev/common/freeport"
 )
 
 // The app closing its listener ends the drain at once, even when the
@@ -23,9 +25,9 @@ func TestDrainEndsWhenTheAppStopsListening(t *testing.T) {
 	go appSrv.Serve(appLn)
 	defer appSrv.Close()
 	c := Config{
-		ServePort:    freePort(t),
+		ServePort:    freeport.Port(t),
 		UpstreamPort: appLn.Addr().(*net.TCPAddr).Port,
-		StatusPort:   freePort(t),
+		StatusPort:   freeport.Port(t),
 		Drain:        10 * time.Second,
 		ProcNet:      "/proc/net",
 		Host:         "127.0.0.1",

@@ -10,17 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+	"spawner.dev/common/freeport"
+)
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
@@ -45,9 +37,9 @@ func runSidecar(t *testing.T, app http.Handler, drain time.Duration, opts ...fun
 	go appSrv.Serve(appLn)
 	t.Cleanup(func() { appSrv.Close() })
 	c := Config{
-		ServePort:    freePort(t),
+		ServePort:    freeport.Port(t),
 		UpstreamPort: appLn.Addr().(*net.TCPAddr).Port,
-		StatusPort:   freePort(t),
+		StatusPort:   freeport.Port(t),
 		Drain:        drain,
 		ProcNet:      "/proc/net",
 		Host:         "127.0.0.1",

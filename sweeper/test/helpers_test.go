@@ -11,7 +11,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +29,7 @@ import (
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/clustertest"
+	"spawner.dev/common/freeport"
 	"spawner.dev/common/routerproof"
 	"spawner.dev/generated/clientset/versioned"
 )
@@ -48,10 +48,9 @@ type env struct {
 // setup gives a test the CRD, a namespace, and a controller for it.
 func setup(t *testing.T) *env {
 	t.Helper()
-	cfg := clustertest.Config(t)
-	clustertest.EnsureCRD(t, cfg)
-	e := &env{t: t, cfg: cfg, kube: kubernetes.NewForConfigOrDie(cfg), sp: versioned.NewForConfigOrDie(cfg)}
-	e.node = e.pickNode()
+	ce := clustertest.Setup(t)
+	e := &env{t: t, cfg: ce.Config, kube: ce.Kube, sp: versioned.NewForConfigOrDie(ce.Config), ns: ce.Namespace}
+	e.node = clustertest.Node(t, e.kube, clustertest.DemoImage, clustertest.SidecarImage)
 	// A deployed controller or sweeper (make up) watches every namespace and
 	// acts on this test's backends too; the results then prove less.
 	if pods, err := e.kube.CoreV1().Pods("spawner-system").List(context.Background(), metav1.ListOptions{}); err == nil {
@@ -61,59 +60,8 @@ func setup(t *testing.T) *env {
 			}
 		}
 	}
-	e.ns = clustertest.Namespace(t, cfg)
-	clustertest.Start(t, clustertest.Binary(t, "controller"),
-		"--kubeconfig="+os.Getenv("KUBECONFIG"),
-		"--namespace="+e.ns,
-		"--leader-elect=false",
-		"--sidecar-image="+clustertest.SidecarImage,
-		"--sidecar-image-pull-policy=IfNotPresent",
-		"--http-address=",
-		"--startup-timeout=2m",
-	)
+	clustertest.StartController(t, e.ns)
 	return e
-}
-
-// pickNode is a Ready node that has the images (the local cluster has one).
-func (e *env) pickNode() string {
-	nodes, err := e.kube.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	fallback := ""
-	for _, n := range nodes.Items {
-		have := map[string]bool{}
-		for _, img := range n.Status.Images {
-			for _, name := range img.Names {
-				have[name] = true
-			}
-		}
-		ready := false
-		for _, c := range n.Status.Conditions {
-			ready = ready || c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue
-		}
-		if ready && have[clustertest.DemoImage] && have[clustertest.SidecarImage] {
-			return n.Name
-		}
-		if ready && fallback == "" {
-			fallback = n.Name
-		}
-	}
-	if fallback == "" {
-		e.t.Fatal("no Ready node")
-	}
-	// The node's image list is refreshed only every few seconds after a load.
-	e.t.Logf("node %s does not list %s and %s (yet?); if pods fail to start, run scripts/build-images.sh", fallback, clustertest.DemoImage, clustertest.SidecarImage)
-	return fallback
-}
-
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // startSweeper runs the sweeper for the test's namespace on the host (the
@@ -121,14 +69,9 @@ func freeAddr(t *testing.T) string {
 func (e *env) startSweeper() *clustertest.Process {
 	e.t.Helper()
 	if e.sweeperAddr == "" {
-		e.sweeperAddr = freeAddr(e.t)
+		e.sweeperAddr = freeport.Addr(e.t)
 	}
-	p := clustertest.Start(e.t, clustertest.Binary(e.t, "sweeper"),
-		"--kubeconfig="+os.Getenv("KUBECONFIG"),
-		"--node-name="+e.node,
-		"--namespace="+e.ns,
-		"--listen="+e.sweeperAddr,
-	)
+	p := clustertest.StartSweeper(e.t, e.ns, e.node, e.sweeperAddr)
 	clustertest.Eventually(e.t, 20*time.Second, "sweeper /healthz", func() (bool, error) {
 		resp, err := http.Get("http://" + e.sweeperAddr + "/healthz")
 		if err != nil {
