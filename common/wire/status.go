@@ -20,7 +20,7 @@ const (
 	ActivityWebSocketClosed = "WebSocket closed"
 	// ActivityWebSocketMessage: the last data frame on a WebSocket that is
 	// still open but idle (the backend's wsIdleSeconds rule).
-	ActivityWebSocketMessage = "WebSocket message"
+	ActivityWebSocketMessage = "WebSocket went silent"
 	// ActivityWebSocketOpen: a WebSocket is open and counts (busy).
 	ActivityWebSocketOpen = "WebSocket open"
 	// ActivityRequestInFlight: an HTTP request is in flight and counts (busy).

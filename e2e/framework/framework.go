@@ -131,6 +131,13 @@ type SpawnRequest struct {
 	GracePeriodSeconds *int64            `json:"gracePeriodSeconds,omitempty"`
 	Key                string            `json:"key,omitempty"`
 	MaxLifetimeSeconds *int64            `json:"maxLifetimeSeconds,omitempty"`
+	IdlePolicy         *IdlePolicy       `json:"idlePolicy,omitempty"`
+}
+
+// IdlePolicy is the spawn request's idlePolicy (what keeps a backend alive).
+type IdlePolicy struct {
+	WSIdleSeconds *int64 `json:"wsIdleSeconds,omitempty"`
+	CountRequests *bool  `json:"countRequests,omitempty"`
 }
 
 type SpawnResponse struct {
@@ -146,6 +153,31 @@ type StatusEvent struct {
 	Time    string `json:"time"`
 	Reason  string `json:"reason"`
 	Message string `json:"message"`
+	// Activity is status.activity (why the backend is alive), as
+	// GET /backend/{name}/status answers it.
+	Activity *Activity `json:"activity,omitempty"`
+}
+
+// Activity is a backend's status.activity.
+type Activity struct {
+	Connections      int    `json:"connections"`
+	WebSockets       int    `json:"webSockets"`
+	InFlightRequests int    `json:"inFlightRequests"`
+	LastActivity     string `json:"lastActivity"`
+	LastActivityTime string `json:"lastActivityTime"`
+	IdleSince        string `json:"idleSince"`
+	SweepAfter       string `json:"sweepAfter"`
+	KeepaliveTime    string `json:"keepaliveTime"`
+}
+
+// Status is GET /backend/{name}/status.
+func (e *Env) Status(t testing.TB, name string) StatusEvent {
+	t.Helper()
+	var st StatusEvent
+	if code := e.Do(t, "GET", "/backend/"+name+"/status", nil, &st); code != http.StatusOK {
+		t.Fatalf("status of %s answered %d", name, code)
+	}
+	return st
 }
 
 func Seconds(n int64) *int64 { return &n }
