@@ -89,6 +89,17 @@ bench-density: ## fill the local node with idle backends (20 at a time, cap DENS
 	SPAWNER_BENCH_DENSITY=1 SPAWNER_BENCH_DENSITY_CAP=$(DENSITY_CAP) SPAWNER_BENCH_DENSITY_REPORT=$(CURDIR)/docs/density.md \
 		go test -count=1 -tags cluster -timeout 60m -v -run TestDensity ./e2e/bench/
 
+# SOAK_BACKENDS (100) and SOAK_MINUTES (20) size the soak; its table lands in SOAK_REPORT.
+SOAK_BACKENDS ?= 100
+SOAK_MINUTES ?= 20
+SOAK_REPORT ?= $(CURDIR)/_output/soak.md
+.PHONY: soak
+soak: ## SOAK_BACKENDS backends with scripted WebSocket/SSE clients for SOAK_MINUTES while the controller, an api-server replica and the sweeper are killed; false/missed sweeps, client errors, activity write rate (not in make test)
+	scripts/deploy.sh
+	mkdir -p $(dir $(SOAK_REPORT))
+	SPAWNER_SOAK=1 SPAWNER_SOAK_BACKENDS=$(SOAK_BACKENDS) SPAWNER_SOAK_MINUTES=$(SOAK_MINUTES) SPAWNER_SOAK_REPORT=$(SOAK_REPORT) \
+		go test -count=1 -tags cluster -timeout $$(( $(SOAK_MINUTES) + 30 ))m -v -run TestSoak ./e2e/bench/
+
 .PHONY: cluster-up
 cluster-up: ## a real single-node cluster: kind when Docker works, otherwise built from source here
 	scripts/cluster-up.sh
