@@ -116,9 +116,12 @@ func (t *Tracker) snapshot(now time.Time) Snapshot {
 	if t.wsIdle > 0 && s.WebSockets > 0 {
 		var lastData int64
 		idle, lastData = t.idleSockets(now)
-		// An idle socket was last in use at its last data frame.
-		if lastData > last {
-			last, kind = lastData, wire.ActivityWebSocketMessage
+		// An idle socket was last in use at its last data frame. Its
+		// handshake request ends a moment after the socket opens, so a
+		// request that ended within a second of that frame is the socket's
+		// own: the backend is idle because the socket went silent.
+		if idle > 0 && lastData+int64(time.Second) >= last {
+			last, kind = max(last, lastData), wire.ActivityWebSocketMessage
 		}
 	}
 	s.LiveConnections = s.WebSockets - idle

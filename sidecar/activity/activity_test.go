@@ -242,3 +242,18 @@ func TestIgnoreRequestsPolicy(t *testing.T) {
 	}
 	ws.Closed()
 }
+
+// TestSilentSocketAfterItsHandshake: the upgrade request ends just after the
+// socket opens; once the socket goes silent, the reason is the socket, not
+// that request.
+func TestSilentSocketAfterItsHandshake(t *testing.T) {
+	tr := New(30 * time.Millisecond)
+	tr.RequestStarted()
+	ws := tr.SocketOpened()
+	tr.RequestFinished()
+	time.Sleep(60 * time.Millisecond)
+	if s := tr.Snapshot(); s.LiveConnections != 0 || s.LastActivity != wire.ActivityWebSocketMessage {
+		t.Fatalf("silent socket: %+v", s)
+	}
+	ws.Closed()
+}
