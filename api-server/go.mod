@@ -9,10 +9,12 @@ require (
 	k8s.io/api v0.37.2
 	k8s.io/apimachinery v0.37.2
 	k8s.io/client-go v0.37.2
+	k8s.io/pod-security-admission v0.37.2
 	k8s.io/utils v0.0.0-20260626114624-be93311217bd
 	sigs.k8s.io/yaml v1.6.0
 	spawner.dev/apis v0.0.0
 	spawner.dev/common v0.0.0
+	spawner.dev/controller v0.0.0
 	spawner.dev/generated v0.0.0
 )
 
@@ -55,6 +57,7 @@ require (
 	google.golang.org/protobuf v1.36.12-0.20260120151049-f2248ac996af // indirect
 	gopkg.in/evanphx/json-patch.v4 v4.13.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
+	k8s.io/component-base v0.37.2 // indirect
 	k8s.io/klog/v2 v2.140.0 // indirect
 	k8s.io/kube-openapi v0.0.0-20260721132016-d427ff9ee9ad // indirect
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730 // indirect
@@ -65,5 +68,6 @@ require (
 replace (
 	spawner.dev/apis => ../apis
 	spawner.dev/common => ../common
+	spawner.dev/controller => ../controller
 	spawner.dev/generated => ../generated
 )

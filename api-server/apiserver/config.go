@@ -41,6 +41,10 @@ type Config struct {
 
 	// Per control token (limits.go): a cap on live backends and a token
 	// bucket for POST /spawn; zero disables each.
+	// CheckPodSecurity: evaluate each spawn's pod against the backend
+	// namespace's enforced Pod Security level first (podsecurity.go).
+	CheckPodSecurity bool
+
 	MaxBackendsPerToken int
 	SpawnRatePerToken   float64
 	SpawnBurstPerToken  int
@@ -71,6 +75,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long in-flight requests get on shutdown")
 	fs.DurationVar(&c.ShutdownDelay, "shutdown-delay", 0, "on SIGTERM, answer /readyz 503 but keep serving this long first, so load balancers stop sending new requests")
 	fs.BoolVar(&c.LogRequests, "log-requests", true, "log one line per request")
+	fs.BoolVar(&c.CheckPodSecurity, "check-pod-security", true, "answer 422 to a spawn whose pod the backend namespace's enforced Pod Security level (label pod-security.kubernetes.io/enforce) would refuse, before creating anything; needs get/list/watch on that namespace; turn off when the cluster's admission configuration exempts the backends")
 	fs.IntVar(&c.MaxBackendsPerToken, "max-backends-per-token", 500, "live backends one control token may have; a spawn beyond it answers 429 (0: no cap)")
 	fs.Float64Var(&c.SpawnRatePerToken, "spawn-rate-per-token", 20, "sustained POST /spawn requests per second per control token and replica; beyond it 429 with Retry-After (0: no limit)")
 	fs.IntVar(&c.SpawnBurstPerToken, "spawn-burst-per-token", 200, "POST /spawn requests a control token may send at once before --spawn-rate-per-token applies")

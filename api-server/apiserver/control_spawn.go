@@ -44,6 +44,9 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, MaxSpawnBody)
 	salt := newSalt()
 	req, slab, rerr := parseSpawn(r.Body, s.cfg.BackendNamespace, salt, hashToken(s.creds.access.token(salt)))
+	if rerr == nil {
+		rerr = s.checkPodSecurity(slab)
+	}
 	if rerr != nil {
 		s.metrics.spawnInvalid.Inc()
 		writeError(w, rerr.status, rerr.msg)

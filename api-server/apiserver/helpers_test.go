@@ -85,6 +85,9 @@ func newTestEnvConfig(t testing.TB, upstreamPort string, edit func(*Config)) *te
 	t.Cleanup(cancel)
 	s.slabFactory.Start(ctx.Done())
 	s.podFactory.Start(ctx.Done())
+	if s.psa != nil {
+		s.psa.factory.Start(ctx.Done())
+	}
 	if !s.WaitForSync(ctx) {
 		t.Fatal("caches did not sync")
 	}

@@ -51,6 +51,7 @@ type Server struct {
 	limits   *spawnLimits
 	metrics  *serverMetrics
 	proxy    *routerProxy
+	psa      *podSecurity // nil with --check-pod-security=false
 
 	shuttingDown chan struct{}
 	shutdownOnce sync.Once
@@ -150,6 +151,11 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 	s.limits = newSpawnLimits(cfg.SpawnRatePerToken, cfg.SpawnBurstPerToken, cfg.MaxBackendsPerToken, s.slabInf)
 	s.metrics = newServerMetrics(s)
 	s.proxy = newRouterProxy(s)
+	if cfg.CheckPodSecurity {
+		if s.psa, err = newPodSecurity(kube, ns); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -161,15 +167,24 @@ func (s *Server) Start(ctx context.Context) error {
 	go s.creds.reload(ctx)
 	s.slabFactory.Start(ctx.Done())
 	s.podFactory.Start(ctx.Done())
+	if s.psa != nil {
+		s.psa.factory.Start(ctx.Done())
+	}
 	return nil
 }
 
 // synced reports whether both caches have synced.
-func (s *Server) synced() bool { return s.slabInf.HasSynced() && s.podInf.HasSynced() }
+func (s *Server) synced() bool {
+	return s.slabInf.HasSynced() && s.podInf.HasSynced() && (s.psa == nil || s.psa.informer.HasSynced())
+}
 
 // WaitForSync blocks until the caches synced or ctx ends.
 func (s *Server) WaitForSync(ctx context.Context) bool {
-	return cache.WaitForCacheSync(ctx.Done(), s.slabInf.HasSynced, s.podInf.HasSynced)
+	synced := []cache.InformerSynced{s.slabInf.HasSynced, s.podInf.HasSynced}
+	if s.psa != nil {
+		synced = append(synced, s.psa.informer.HasSynced)
+	}
+	return cache.WaitForCacheSync(ctx.Done(), synced...)
 }
 
 // Run starts everything and serves both listeners until ctx ends.

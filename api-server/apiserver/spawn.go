@@ -48,6 +48,11 @@ type SpawnRequest struct {
 	Resources          *SpawnResources   `json:"resources,omitempty"`
 	Labels             map[string]string `json:"labels,omitempty"`
 	IdlePolicy         *SpawnIdlePolicy  `json:"idlePolicy,omitempty"`
+	// SecurityContext is the app container's, as in a Pod. Left out, the
+	// controller fills in the restricted defaults; given, it is kept as
+	// written and the backend namespace's Pod Security level decides (a
+	// context it refuses is a 422 naming the reasons, podsecurity.go).
+	SecurityContext *corev1.SecurityContext `json:"securityContext,omitempty"`
 }
 
 // SpawnIdlePolicy is spec.idlePolicy of the backend (what counts as activity).
@@ -280,7 +285,7 @@ func (req *SpawnRequest) buildSlab(namespace, salt, tokenHash string) *spawnerv1
 	if len(env) == 0 {
 		env = nil
 	}
-	c := corev1.Container{Name: appContainerName, Image: req.Image, Args: req.Args, Env: env}
+	c := corev1.Container{Name: appContainerName, Image: req.Image, Args: req.Args, Env: env, SecurityContext: req.SecurityContext}
 	if req.Resources != nil {
 		c.Resources.Requests, _ = parseResourceList(nil, req.Resources.Requests)
 		c.Resources.Limits, _ = parseResourceList(nil, req.Resources.Limits)
