@@ -282,6 +282,16 @@ func soakKill(t testing.TB, e *framework.Env, component string) (killed time.Tim
 		return time.Now(), 0
 	}
 	victim := pods.Items[rand.IntN(len(pods.Items))]
+	if component == "spawner-controller" {
+		// The leader: killing the standby would test nothing.
+		if l, err := e.Kube.CoordinationV1().Leases(framework.SystemNamespace).Get(ctx, component, metav1.GetOptions{}); err == nil && l.Spec.HolderIdentity != nil {
+			for _, p := range pods.Items {
+				if strings.HasPrefix(*l.Spec.HolderIdentity, p.Name) {
+					victim = p
+				}
+			}
+		}
+	}
 	zero := int64(0)
 	killed = time.Now()
 	if err := e.Kube.CoreV1().Pods(framework.SystemNamespace).Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
