@@ -24,7 +24,7 @@ if [ "$(cluster_mode)" = kind ]; then
 	# killing a subshell that runs a function leaves its kubectl running.
 	"$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" -n "$NS" port-forward svc/spawner-api 18080:8080 >/dev/null 2>&1 &
 	pf=$!
-	trap 'kill $pf 2>/dev/null; wait $pf 2>/dev/null' EXIT
+	trap 'kill $pf 2>/dev/null; wait $pf 2>/dev/null || true' EXIT
 	CONTROL=http://127.0.0.1:18080
 	sleep 2
 fi
