@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"time"
 
+	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/kubeclient"
 	"spawner.dev/common/logs"
 )
@@ -61,7 +62,7 @@ type Config struct {
 func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ControlAddr, "control-addr", ":8080", "listen address of the control API (bearer tokens)")
 	fs.StringVar(&c.RouterAddr, "router-addr", ":8081", "listen address of the public router (/p/<name>/...)")
-	fs.StringVar(&c.BackendNamespace, "backend-namespace", "spawner-backends", "namespace the backends (SessionLivedBackends and their pods) live in")
+	fs.StringVar(&c.BackendNamespace, "backend-namespace", spawnerv1.DefaultBackendNamespace, "namespace the backends (SessionLivedBackends and their pods) live in")
 	fs.StringVar(&c.PublicURL, "public-url", "http://localhost:8081", "base URL browsers reach the router at; backend URLs are <public-url>/p/<name>/")
 	fs.StringVar(&c.PublicHostSuffix, "public-host-suffix", "", "host mode: backend URLs become <scheme>://<name>.<suffix>/ (scheme and port of --public-url) and the router routes by Host, one browser origin per backend; needs wildcard DNS (and a wildcard certificate) for *.<suffix> pointing at the router (empty: path mode, <public-url>/p/<name>/)")
 	fs.StringVar(&c.ControlURL, "control-url", "", "base URL of the control API used in readyUrl/statusUrl (default: scheme and host of the request)")

@@ -23,7 +23,7 @@ func (s *Server) backendURL(name, tok string) string {
 func (s *Server) spawnResponse(r *http.Request, slab *spawnerv1.SessionLivedBackend, spawned bool) (SpawnResponse, error) {
 	tok, ok := s.creds.access.tokenFor(slab)
 	if !ok {
-		return SpawnResponse{}, fmt.Errorf("backend %s has no %s annotation; its URL cannot be derived", slab.Name, AnnotationAccessTokenSalt)
+		return SpawnResponse{}, fmt.Errorf("backend %s has no %s annotation; its URL cannot be derived", slab.Name, spawnerv1.AnnotationAccessTokenSalt)
 	}
 	base := s.controlBase(r) + "/backend/" + slab.Name
 	q := "?" + tokenParam + "=" + url.QueryEscape(tok)
@@ -52,7 +52,7 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, rerr.status, rerr.msg)
 		return
 	}
-	slab.Labels[LabelTokenID] = tid
+	slab.Labels[spawnerv1.LabelTokenID] = tid
 	// The cap applies to new backends only: asking again for a key that has
 	// a live backend hands that one out.
 	if req.Key == "" || oldestLive(s.slabsForKey(req.Key)) == nil {

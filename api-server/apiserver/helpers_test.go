@@ -129,7 +129,7 @@ func (e *testEnv) addBackend(name string, phase spawnerv1.BackendPhase) string {
 	tok := e.s.creds.access.token(salt)
 	slab := &spawnerv1.SessionLivedBackend{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNS, UID: types.UID("uid-" + name), CreationTimestamp: metav1.Now(),
-			Annotations: map[string]string{spawnerv1.AnnotationAccessTokenHash: hashToken(tok), AnnotationAccessTokenSalt: salt}},
+			Annotations: map[string]string{spawnerv1.AnnotationAccessTokenHash: hashToken(tok), spawnerv1.AnnotationAccessTokenSalt: salt}},
 		Spec: spawnerv1.SessionLivedBackendSpec{Template: spawnerv1.BackendPodTemplate{Containers: []corev1.Container{{Name: "app", Image: "demo"}}}},
 	}
 	setPhase(slab, phase)

@@ -16,12 +16,6 @@ import (
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
 
-// LabelTokenID marks every backend with the control token that spawned it:
-// the first 128 bits of the token's SHA-256, hex (a label value, like
-// spawner.dev/key-hash). It is what the per-token cap counts; the token
-// itself cannot be recovered from it.
-const LabelTokenID = "spawner.dev/token-id"
-
 const indexTokenID = "tokenID"
 
 // capRetryAfter is the Retry-After of a spawn refused by the live-backend
@@ -33,7 +27,7 @@ const capRetryAfter = 10 * time.Second
 // against its token even when the informer cache has not shown it yet.
 const recentCreate = 30 * time.Second
 
-// tokenID is the value of LabelTokenID for a control token.
+// tokenID is the value of spawnerv1.LabelTokenID for a control token.
 func tokenID(tok string) string {
 	sum := sha256.Sum256([]byte(tok))
 	return hex.EncodeToString(sum[:16])
@@ -68,10 +62,10 @@ func newSpawnLimits(perSecond float64, burst, maxLive int, inf cache.SharedIndex
 // tokenIndexer is the informer index the cap counts with.
 func tokenIndexer(obj any) ([]string, error) {
 	slab, ok := obj.(*spawnerv1.SessionLivedBackend)
-	if !ok || slab.Labels[LabelTokenID] == "" {
+	if !ok || slab.Labels[spawnerv1.LabelTokenID] == "" {
 		return nil, nil
 	}
-	return []string{slab.Labels[LabelTokenID]}, nil
+	return []string{slab.Labels[spawnerv1.LabelTokenID]}, nil
 }
 
 // limitError is a refused spawn: 429 with Retry-After.

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"spawner.dev/apis/lifecycle"
+	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
 
 func (e *testEnv) slabCount() int {
@@ -106,7 +107,7 @@ func TestSpawnLabelsTheToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := slab.Labels[LabelTokenID]; got != tokenID(testToken) || len(got) != 32 || strings.Contains(got, testToken) {
-		t.Errorf("label %s=%q, want the token's 128-bit hash", LabelTokenID, got)
+	if got := slab.Labels[spawnerv1.LabelTokenID]; got != tokenID(testToken) || len(got) != 32 || strings.Contains(got, testToken) {
+		t.Errorf("label %s=%q, want the token's 128-bit hash", spawnerv1.LabelTokenID, got)
 	}
 }

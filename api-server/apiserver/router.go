@@ -20,8 +20,8 @@ import (
 )
 
 const (
-	tokenParam  = "spawner_token"
-	tokenCookie = "spawner_token"
+	tokenParam  = spawnerv1.AccessTokenParam
+	tokenCookie = spawnerv1.AccessTokenCookie
 	// annotationUpstream is set on the trimmed pods in the cache only: the
 	// sidecar's host:port, computed once per pod update instead of per request.
 	annotationUpstream = "api-server.spawner.dev/upstream"

@@ -81,7 +81,7 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 		cfg.Logger = slog.Default()
 	}
 	if cfg.BackendNamespace == "" {
-		cfg.BackendNamespace = "spawner-backends"
+		cfg.BackendNamespace = spawnerv1.DefaultBackendNamespace
 	}
 	routes, err := spawnerv1.NewPublicRoutes(cfg.PublicURL, cfg.PublicHostSuffix)
 	if err != nil {

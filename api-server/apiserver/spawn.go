@@ -321,7 +321,7 @@ func (req *SpawnRequest) buildSlab(namespace, salt, tokenHash string) *spawnerv1
 			Labels:    labels,
 			Annotations: map[string]string{
 				spawnerv1.AnnotationAccessTokenHash: tokenHash,
-				AnnotationAccessTokenSalt:           salt,
+				spawnerv1.AnnotationAccessTokenSalt: salt,
 			},
 		},
 		Spec: spawnerv1.SessionLivedBackendSpec{

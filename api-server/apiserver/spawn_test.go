@@ -113,7 +113,7 @@ func TestBuildSlab(t *testing.T) {
 	if slab.Spec.Template.Metadata.Labels["team"] != "t" {
 		t.Fatalf("pod labels %v", slab.Spec.Template.Metadata.Labels)
 	}
-	if slab.Annotations[spawnerv1.AnnotationAccessTokenHash] != "hash1" || slab.Annotations[AnnotationAccessTokenSalt] != "salt1" {
+	if slab.Annotations[spawnerv1.AnnotationAccessTokenHash] != "hash1" || slab.Annotations[spawnerv1.AnnotationAccessTokenSalt] != "salt1" {
 		t.Fatalf("annotations %v", slab.Annotations)
 	}
 	// The idle policy reaches the spec.
@@ -149,7 +149,7 @@ func TestAccessTokens(t *testing.T) {
 		t.Fatal("token does not depend on the key")
 	}
 	slab := &spawnerv1.SessionLivedBackend{}
-	slab.Annotations = map[string]string{spawnerv1.AnnotationAccessTokenHash: hashToken(tok), AnnotationAccessTokenSalt: salt}
+	slab.Annotations = map[string]string{spawnerv1.AnnotationAccessTokenHash: hashToken(tok), spawnerv1.AnnotationAccessTokenSalt: salt}
 	if !tokenMatches(slab, tok) || tokenMatches(slab, tok+"x") || tokenMatches(slab, "") {
 		t.Fatal("tokenMatches")
 	}

@@ -24,12 +24,6 @@ import (
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
 
-// AnnotationAccessTokenSalt holds the random per-backend salt from which the
-// api-server derives the backend's access token (see docs/api.md): the token
-// is HMAC-SHA256(access-token key, salt) truncated to 128 bits. The salt alone
-// is useless without the key, which only the api-server holds.
-const AnnotationAccessTokenSalt = "spawner.dev/access-token-salt"
-
 // Keys of the token Secret.
 const (
 	SecretKeyTokens    = "token"
@@ -96,7 +90,7 @@ func (k *accessKeys) token(salt string) string {
 // tokenFor returns the access token of a backend, and false when it has no
 // salt (created by something else than the api-server).
 func (k *accessKeys) tokenFor(slab *spawnerv1.SessionLivedBackend) (string, bool) {
-	salt := slab.Annotations[AnnotationAccessTokenSalt]
+	salt := slab.Annotations[spawnerv1.AnnotationAccessTokenSalt]
 	if salt == "" {
 		return "", false
 	}

@@ -103,7 +103,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ResyncPeriod, "resync-period", 10*time.Minute, "informer resync: every slab is re-synced this often as a safety net (0 disables)")
 	fs.StringVar(&c.HTTPAddress, "http-address", ":8080", "address serving /healthz, /readyz and /metrics (empty disables)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", true, "run only while holding the Lease lock, so replicas can stand by")
-	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", env.Or("POD_NAMESPACE", "spawner-system"), "namespace of the Lease (env POD_NAMESPACE)")
+	fs.StringVar(&c.LeaderElectionNS, "leader-election-namespace", env.Or("POD_NAMESPACE", spawnerv1.SystemNamespace), "namespace of the Lease (env POD_NAMESPACE)")
 	fs.StringVar(&c.LeaderElectionID, "leader-election-id", "spawner-controller", "name of the Lease")
 	fs.DurationVar(&c.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "how long standbys wait before taking over an unrenewed lease")
 	fs.DurationVar(&c.RenewDeadline, "leader-election-renew-deadline", 10*time.Second, "how long the leader retries renewing before it gives up leading (and exits)")

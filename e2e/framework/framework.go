@@ -27,13 +27,14 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/clustertest"
 	"spawner.dev/generated/clientset/versioned"
 )
 
 const (
-	SystemNamespace  = "spawner-system"
-	BackendNamespace = "spawner-backends"
+	SystemNamespace  = spawnerv1.SystemNamespace
+	BackendNamespace = spawnerv1.DefaultBackendNamespace
 	DemoImage        = "localhost/spawner-demo:dev"
 )
 

@@ -27,6 +27,29 @@ const (
 	// AnnotationAccessTokenHash on a SessionLivedBackend is the hex SHA-256 of
 	// the token browsers present; the token itself is never stored.
 	AnnotationAccessTokenHash = "spawner.dev/access-token-sha256"
+	// AnnotationAccessTokenSalt on a SessionLivedBackend holds the random
+	// per-backend salt from which the api-server derives the backend's access
+	// token (docs/api.md): the token is HMAC-SHA256(access-token key, salt)
+	// truncated to 128 bits. The salt alone is useless without the key, which
+	// only the api-server holds.
+	AnnotationAccessTokenSalt = "spawner.dev/access-token-salt"
+	// LabelTokenID on a SessionLivedBackend names the control token that
+	// spawned it: the first 128 bits of the token's SHA-256, hex (a label
+	// value, like LabelKeyHash). The api-server's per-token cap counts it; the
+	// token itself cannot be recovered from it.
+	LabelTokenID = "spawner.dev/token-id"
+
+	// AccessTokenParam is the query parameter, and AccessTokenCookie the
+	// cookie, that carry a backend's access token to the router; the router
+	// strips both before proxying.
+	AccessTokenParam  = "spawner_token"
+	AccessTokenCookie = "spawner_token"
+
+	// SystemNamespace is where spawner's own components run (deploy/).
+	SystemNamespace = "spawner-system"
+	// DefaultBackendNamespace is where the api-server creates backends unless
+	// --backend-namespace says otherwise.
+	DefaultBackendNamespace = "spawner-backends"
 
 	// SidecarContainerName is the container spawner adds to every backend pod.
 	SidecarContainerName = "spawner-sidecar"
