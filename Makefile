@@ -37,8 +37,9 @@ vet: ## go vet, including the cluster-tagged tests
 	go vet -tags cluster $(PKGS)
 
 .PHONY: verify
-verify: ## fail on stale generated code or CRD, unformatted files, vet findings
+verify: ## fail on stale generated code or CRD, unformatted files, vet findings, shellcheck findings in scripts/
 	scripts/verify-codegen.sh
+	scripts/verify-shell.sh
 	@unformatted="$$(gofmt -l $(MODULES) scripts)"; if [ -n "$$unformatted" ]; then \
 		echo "gofmt: these files need formatting (run make fmt):" >&2; echo "$$unformatted" >&2; exit 1; fi
 	$(MAKE) --no-print-directory vet

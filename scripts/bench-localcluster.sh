@@ -45,6 +45,7 @@ fi
 
 ensure_packages
 ensure_binaries >/dev/null
+# shellcheck disable=SC2034 # read by lib.sh (kc)
 BIN=$(bin_dir)
 "$SPAWNER_ROOT/scripts/build-images.sh" --no-load spawner-pause spawner-hello >/dev/null
 [ ! -d "$CD" ] || "$SPAWNER_ROOT/scripts/cluster-down.sh" >/dev/null

@@ -109,7 +109,7 @@ for f in "$PIDS"/*.pid; do [ -e "$f" ] && rm -f "$f"; done
 if [ -x "$BIN/k8s" ]; then "$BIN/k8s" kube-proxy --cleanup >/dev/null 2>&1 || true; fi
 
 # mounts below the state dir (kubelet volumes, its rshared root-dir bind, overlay rootfs, shm)
-grep -oE " $CD[^ ]*" /proc/self/mounts | sed 's/^ //' | sort -r | while read -r m; do
+grep -oE " ${CD}[^ ]*" /proc/self/mounts | sed 's/^ //' | sort -r | while read -r m; do
 	umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || warn "cannot unmount $m"
 done
 # network namespaces created by CNI for our pods
@@ -150,7 +150,7 @@ done
 
 # sysctls back to their recorded values
 if [ -f "$BEFORE/sysctl" ]; then
-	while IFS== read -r k v; do
+	while IFS='=' read -r k v; do
 		[ "$(sysctl -n "$k" 2>/dev/null)" = "$v" ] || sysctl -qw "$k=$v" >/dev/null 2>&1 || warn "cannot restore sysctl $k=$v"
 	done <"$BEFORE/sysctl"
 fi

@@ -108,7 +108,9 @@ EOF
 	# lock file held by the caller would stay locked for dockerd's whole life).
 	echo "---- $(date -u +%FT%TZ) starting: dockerd --config-file $DK/daemon.json" >>"$LOGS/dockerd.log"
 	(
-		for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
+		# shellcheck disable=SC2045 # fd numbers: no spaces or globs, and a glob would list its own directory fd
+		for fd in $(ls "/proc/$BASHPID/fd"); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
+		# shellcheck disable=SC2016 # $$ and $@ are the inner sh's
 		exec setsid sh -c 'echo $$ >"$0"; exec "$@"' "$PIDS/dockerd.pid" dockerd --config-file "$DK/daemon.json" >>"$LOGS/dockerd.log" 2>&1 </dev/null
 	) &
 	for _ in $(seq 1 50); do [ -s "$PIDS/dockerd.pid" ] && break; sleep 0.02; done
@@ -129,6 +131,7 @@ stop() {
 		# containers left (kind deletes its nodes before this runs): remove them while dockerd runs
 		local ids
 		ids=$(docker ps -aq 2>/dev/null || true)
+		# shellcheck disable=SC2086 # $ids is a list of container IDs, one word each
 		[ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || warn "could not remove containers $ids"
 		stop_pid dockerd
 	fi
@@ -176,7 +179,7 @@ restore_host() {
 	if pgrep -x kubelet >/dev/null 2>&1; then
 		log "a kubelet runs on this host (the local cluster?): leaving sysctls as they are"
 	else
-		while IFS== read -r k v; do
+		while IFS='=' read -r k v; do
 			[ "$(sysctl -n "$k" 2>/dev/null)" = "$v" ] || sysctl -qw "$k=$v" >/dev/null 2>&1 || warn "cannot restore sysctl $k=$v"
 		done <"$DBEFORE/sysctl"
 	fi

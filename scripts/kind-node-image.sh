@@ -47,7 +47,7 @@ docker_works || die "kind-node-image.sh needs a working Docker engine (scripts/k
 go_ok
 # ensure_binaries only when something is missing: it also rewrites the kubectl wrapper's default
 # kubeconfig, which belongs to whoever brought a cluster up last.
-[ -x "$(bin_dir)/k8s" ] && [ -x "$(bin_dir)/etcd" ] && [ -x "$(bin_dir)/crictl" ] || ensure_binaries >&2
+if ! { [ -x "$(bin_dir)/k8s" ] && [ -x "$(bin_dir)/etcd" ] && [ -x "$(bin_dir)/crictl" ]; }; then ensure_binaries >&2; fi
 BIN=$(bin_dir)
 K8S_V=$(k8s_version)
 mod_version() { awk -v m="$2" '($1==m && $2 ~ /^v/) || ($1=="require" && $2==m) {print ($1==m ? $2 : $3); exit}' "$1"; }
@@ -152,6 +152,7 @@ dbuild() { # dbuild <tag> <Dockerfile text>: docker build (legacy builder: no CO
 	printf '%s\n' "$2" | docker build -q -f - -t "$1" "$C" >/dev/null || die "docker build of $1 failed"
 }
 log "building the component images"
+# shellcheck disable=SC2086 # WANT[k8s] is several image names, split on purpose
 set -- ${WANT[k8s]}
 dbuild "$1" "FROM $ROOTFS_IMG
 COPY k8s /usr/local/bin/k8s
@@ -169,6 +170,7 @@ for t in etcd coredns; do docker load -i "$KD/$t.tar" >/dev/null || die "docker 
 docker load -i "$SPAWNER_ROOT/_output/images/spawner-pause.tar" >/dev/null
 docker tag localhost/spawner-pause:dev "${WANT[pause]}"
 docker tag localhost/spawner-pause:dev "$SANDBOX"
+# shellcheck disable=SC2206 # WANT[k8s] is several image names, split on purpose
 IMGS=(${WANT[k8s]} "${WANT[etcd]}" "${WANT[coredns]}" "${WANT[pause]}" "$SANDBOX" "$AGENT_IMG")
 docker save -o "$KD/images.tar" "${IMGS[@]}"
 

@@ -50,7 +50,8 @@ ln -sfn "$KIND_BIN" "$SPAWNER_CACHE/bin/kind"
 export PATH=$SPAWNER_CACHE/bin:$PATH
 # kubectl: the local cluster's build (built once, shared); ensure_binaries only when missing, since
 # it also rewrites the kubectl wrapper's default kubeconfig.
-[ -x "$(bin_dir)/k8s" ] && [ -x "$(bin_dir)/crictl" ] && [ -x "$(bin_dir)/etcd" ] || ensure_binaries
+if ! { [ -x "$(bin_dir)/k8s" ] && [ -x "$(bin_dir)/crictl" ] && [ -x "$(bin_dir)/etcd" ]; }; then ensure_binaries; fi
+# shellcheck disable=SC2034 # read by lib.sh (kc)
 BIN=$(bin_dir)
 
 if kind get clusters 2>/dev/null | grep -qx "$SPAWNER_KIND_NAME"; then

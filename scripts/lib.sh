@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # the settings below are read by the scripts that source this file
 # Shared helpers for spawner's cluster scripts (sourced, not executed).
 #
 # Layout (see docs/local-cluster.md):
@@ -206,6 +207,7 @@ start_bg() {
 	local n=$1; shift
 	mkdir -p "$LOGS" "$PIDS"
 	echo "---- $(date -u +%FT%TZ) starting: $*" >>"$LOGS/$n.log"
+	# shellcheck disable=SC2016 # $$ and $@ are the inner sh's
 	setsid sh -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$n.pid" "$@" >>"$LOGS/$n.log" 2>&1 </dev/null 9<&- &
 	local i
 	for i in $(seq 1 50); do [ -s "$PIDS/$n.pid" ] && break; sleep 0.02; done
@@ -217,7 +219,7 @@ stop_pid() {
 	local n=$1 p i
 	if p=$(pid_of "$n"); then
 		kill -TERM "$p" 2>/dev/null || true
-		for i in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+		for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
 		if kill -0 "$p" 2>/dev/null; then
 			warn "$n (pid $p) ignored SIGTERM for 10s; sending SIGKILL"
 			kill -KILL "$p" 2>/dev/null || true
@@ -270,14 +272,17 @@ ipt_cmds() { local c; for c in iptables ip6tables; do command -v $c >/dev/null 2
 host_snapshot() (
 	set +e
 	local ipt t p s
+	# shellcheck disable=SC2009 # counts every process per name; pgrep lists PIDs, not names
 	ps -eo comm= | grep -E '^(containerd|containerd-shim.*|etcd|kube-.*|kubelet|k8s|spawner-pause|spawner-hello)$' | sort | uniq -c | sed 's/^ */process /'
 	awk '{print "mount " $2}' /proc/self/mounts | grep -E "$CD|/run/netns|kubelet|containerd" | sort
 	ip -o link show | awk -F': ' '{sub(/@.*/,"",$2); print "link " $2}' | sort
+	# shellcheck disable=SC2012 # names made by the CNI and the kernel: no newlines
 	ls /run/netns 2>/dev/null | sed 's/^/netns /'
 	for ipt in $(ipt_cmds); do for t in "${IPT_TABLES[@]}"; do
 		$ipt -w 5 -t "$t" -S 2>/dev/null | grep -E '^-N |-j (KUBE|CNI)-' | sed "s/^/$ipt $t /"
 	done; done | sort
 	command -v nft >/dev/null 2>&1 && nft list tables 2>/dev/null | sed 's/^/nft /'
+	# shellcheck disable=SC2012 # cgroup paths: no newlines
 	ls -d /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods* 2>/dev/null | sed 's/^/cgroup /'
 	for s in "${SYSCTLS[@]}"; do p=$(sysctl -n "$s" 2>/dev/null) && echo "sysctl $s=$p"; done
 	for p in "${HOST_PATHS[@]}"; do [ -e "$p" ] && echo "path $p"; done

@@ -57,6 +57,7 @@ else
 	echo "==> cluster up in $((SECONDS - t0))s"
 fi
 
+# shellcheck disable=SC2034 # read by lib.sh (kc)
 BIN=$(cat "$CD/bin-dir" 2>/dev/null || bin_dir)
 [ "$(cat "$CD/mode")" = local ] || echo "==> note: pod-IP reachability from the host is only checked on the local cluster"
 
@@ -126,7 +127,7 @@ trap - EXIT
 host_snapshot >"$SNAP/after"
 problems=()
 for p in $pids; do
-	kill -0 "$p" 2>/dev/null && problems+=("process $p ($(cat /proc/$p/comm 2>/dev/null)) started by cluster-up.sh is still running")
+	kill -0 "$p" 2>/dev/null && problems+=("process $p ($(cat "/proc/$p/comm" 2>/dev/null)) started by cluster-up.sh is still running")
 done
 [ -z "${orphan:-}" ] || ! kill -0 "$orphan" 2>/dev/null || problems+=("the orphan test process $orphan in the pods' cgroups is still running")
 [ ! -e "$CD" ] || problems+=("state directory $CD still exists")

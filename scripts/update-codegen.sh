@@ -13,7 +13,8 @@ BOILERPLATE="$TOOLS/boilerplate.go.txt"
 
 # kube_codegen.sh installs the generators with `go install`; keep them out of
 # the user's GOPATH/bin, in a cache keyed by nothing but the pinned versions.
-export GOBIN="${SPAWNER_CACHE:-$HOME/.cache/spawner}/codegen-bin/$(sha256sum "$TOOLS/go.sum" | cut -c1-12)"
+GOBIN="${SPAWNER_CACHE:-$HOME/.cache/spawner}/codegen-bin/$(sha256sum "$TOOLS/go.sum" | cut -c1-12)"
+export GOBIN
 mkdir -p "$GOBIN"
 
 CODEGEN_PKG="$(cd "$TOOLS" && GOWORK=off go list -m -f '{{.Dir}}' k8s.io/code-generator)"
