@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -53,6 +54,21 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	slab.Labels[spawnerv1.LabelTokenID] = tid
+	var pool *spawnerv1.BackendPool
+	if req.Pool != "" {
+		p, err := s.poolLister.Get(req.Pool)
+		if err != nil {
+			s.metrics.spawnInvalid.Inc()
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no BackendPool named %q in namespace %s", req.Pool, s.cfg.BackendNamespace))
+			return
+		}
+		if rerr := fromPool(slab, p, req); rerr != nil {
+			s.metrics.spawnInvalid.Inc()
+			writeError(w, rerr.status, rerr.msg)
+			return
+		}
+		pool = p
+	}
 	// The cap applies to new backends only: asking again for a key that has
 	// a live backend hands that one out.
 	if req.Key == "" || oldestLive(s.slabsForKey(req.Key)) == nil {
@@ -87,17 +103,42 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, msg)
 		return
 	}
+	var warm *bool
+	if pool != nil {
+		warmNow := isWarm(got)
+		if spawned {
+			// Ours to claim: bind it to a warm pod or to the cold path. A
+			// claim that fails half-way leaves the slab claiming; the
+			// controller binds it within its claim timeout, so the answer
+			// still names a backend that will start.
+			start := time.Now()
+			bound, ok, err := s.claim(r.Context(), got, pool, pool.TemplateHash())
+			if err != nil {
+				s.log.Error("claim failed; the controller will bind the backend", "name", got.Name, "pool", pool.Name, "err", err)
+			} else {
+				got, warmNow = bound, ok
+				s.metrics.claimDuration.Observe(time.Since(start).Seconds())
+				if warmNow {
+					s.metrics.claimWarm.Inc()
+				} else {
+					s.metrics.claimCold.Inc()
+				}
+			}
+		}
+		warm = &warmNow
+	}
 	resp, err := s.spawnResponse(r, got, spawned)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
+	resp.Warm = warm
 	code := http.StatusOK
 	if spawned {
 		s.limits.created(tid, got.Namespace+"/"+got.Name)
 		code = http.StatusCreated
 		s.metrics.spawnCreated.Inc()
-		s.log.Info("backend spawned", "name", got.Name, "image", req.Image, "key", req.Key)
+		s.log.Info("backend spawned", "name", got.Name, "image", req.Image, "key", req.Key, "pool", req.Pool, "warm", warm != nil && *warm)
 	} else {
 		s.metrics.spawnExisting.Inc()
 	}

@@ -35,7 +35,8 @@ func (s *Server) handleTerminate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if _, ok := s.slab(name); !ok {
+	slab, ok := s.slab(name)
+	if !ok {
 		writeError(w, http.StatusNotFound, "no backend named "+name)
 		return
 	}
@@ -44,9 +45,11 @@ func (s *Server) handleTerminate(w http.ResponseWriter, r *http.Request) {
 	if req.Hard {
 		zero := int64(0)
 		bg := metav1.DeletePropagationBackground
-		if err := s.kube.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
-			writeError(w, http.StatusBadGateway, "deleting the pod: "+err.Error())
-			return
+		if podName, bound := spawnerv1.PodNameOf(slab); bound {
+			if err := s.kube.CoreV1().Pods(ns).Delete(ctx, podName, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
+				writeError(w, http.StatusBadGateway, "deleting the pod: "+err.Error())
+				return
+			}
 		}
 		if err := s.slabs.SpawnerV1().SessionLivedBackends(ns).Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
 			writeError(w, http.StatusBadGateway, "deleting the backend: "+err.Error())

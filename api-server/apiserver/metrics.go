@@ -25,6 +25,11 @@ type serverMetrics struct {
 	routeNotReady  *metrics.Counter
 	routeUpgrades  *metrics.Counter
 	upstreamErrors *metrics.Counter
+
+	// Pool claims (control_claim.go).
+	claimWarm, claimCold *metrics.Counter
+	claimConflicts       *metrics.Counter
+	claimDuration        *metrics.Histogram
 }
 
 // listenerMetrics are resolved once, so a request touches only atomics.
@@ -59,6 +64,11 @@ func newServerMetrics(s *Server) *serverMetrics {
 	m.spawnExisting = spawns.WithLabelValues("existing")
 	m.spawnInvalid = spawns.WithLabelValues("invalid")
 	m.spawnErrors = spawns.WithLabelValues("error")
+	claims := r.NewCounterVec("spawner_api_pool_claims_total", "Spawns naming a pool, by outcome: warm (a warm pod claimed) or cold (the pool had none to give).", "result")
+	m.claimWarm = claims.WithLabelValues("warm")
+	m.claimCold = claims.WithLabelValues("cold")
+	m.claimConflicts = r.NewCounter("spawner_api_pool_claim_conflicts_total", "Warm pods a claim lost to another spawn (or that changed under it) before it took one.")
+	m.claimDuration = r.NewHistogram("spawner_api_pool_claim_duration_seconds", "Time from a pool spawn's slab created to its claim bound (warm or cold).", nil)
 	routes := r.NewCounterVec("spawner_api_router_refused_total", "Router requests not proxied, by reason.", "reason")
 	m.routeDenied = routes.WithLabelValues("forbidden")
 	m.routeNotFound = routes.WithLabelValues("not_found")

@@ -52,6 +52,16 @@ func trimPod(p *corev1.Pod, port string) *corev1.Pod {
 	out.Name, out.Namespace, out.UID, out.ResourceVersion = p.Name, p.Namespace, p.UID, p.ResourceVersion
 	out.Labels, out.DeletionTimestamp = p.Labels, p.DeletionTimestamp
 	out.Status.Phase, out.Status.PodIP = p.Status.Phase, p.Status.PodIP
+	if p.Labels[spawnerv1.LabelPool] != "" {
+		// A claim picks warm pods from this cache (control_claim.go): it
+		// needs the owner (unclaimed: the pool) and the Ready condition.
+		out.OwnerReferences = p.OwnerReferences
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				out.Status.Conditions = []corev1.PodCondition{c}
+			}
+		}
+	}
 	out.Annotations = map[string]string{}
 	if p.Status.PodIP != "" {
 		out.Annotations[annotationUpstream] = net.JoinHostPort(p.Status.PodIP, port)
@@ -178,7 +188,8 @@ func (s *Server) routable(name string) (slab *spawnerv1.SessionLivedBackend, up 
 	if err != nil || lifecycle.Phase(slab) != lifecycle.Ready {
 		return slab, up
 	}
-	if pod, ok := s.pod(name); ok && pod.DeletionTimestamp == nil && pod.Status.Phase == corev1.PodRunning {
+	podName, bound := spawnerv1.PodNameOf(slab)
+	if pod, ok := s.pod(podName); bound && ok && pod.DeletionTimestamp == nil && pod.Status.Phase == corev1.PodRunning {
 		up = upstream{addr: pod.Annotations[annotationUpstream], proof: pod.Annotations[annotationRouterProof]}
 	}
 	return slab, up

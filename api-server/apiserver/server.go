@@ -43,6 +43,8 @@ type Server struct {
 	slabInf     cache.SharedIndexInformer
 	podInf      cache.SharedIndexInformer
 	slabLister  spawnerlisters.SessionLivedBackendNamespaceLister
+	poolInf     cache.SharedIndexInformer
+	poolLister  spawnerlisters.BackendPoolNamespaceLister
 
 	// upstreamPort is the sidecar's public port; only tests change it.
 	upstreamPort string
@@ -120,6 +122,9 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 		return obj, nil
 	})
 	s.slabLister = s.slabFactory.Spawner().V1().SessionLivedBackends().Lister().SessionLivedBackends(ns)
+	// Warm pools a spawn may claim from (control_claim.go).
+	s.poolInf = s.slabFactory.Spawner().V1().BackendPools().Informer()
+	s.poolLister = s.slabFactory.Spawner().V1().BackendPools().Lister().BackendPools(ns)
 	s.slabInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.watchers.notify(obj) },
 		UpdateFunc: func(_, obj any) { s.watchers.notify(obj) },
@@ -175,12 +180,12 @@ func (s *Server) Start(ctx context.Context) error {
 
 // synced reports whether both caches have synced.
 func (s *Server) synced() bool {
-	return s.slabInf.HasSynced() && s.podInf.HasSynced() && (s.psa == nil || s.psa.informer.HasSynced())
+	return s.slabInf.HasSynced() && s.podInf.HasSynced() && s.poolInf.HasSynced() && (s.psa == nil || s.psa.informer.HasSynced())
 }
 
 // WaitForSync blocks until the caches synced or ctx ends.
 func (s *Server) WaitForSync(ctx context.Context) bool {
-	synced := []cache.InformerSynced{s.slabInf.HasSynced, s.podInf.HasSynced}
+	synced := []cache.InformerSynced{s.slabInf.HasSynced, s.podInf.HasSynced, s.poolInf.HasSynced}
 	if s.psa != nil {
 		synced = append(synced, s.psa.informer.HasSynced)
 	}

@@ -53,6 +53,10 @@ type SpawnRequest struct {
 	// written and the backend namespace's Pod Security level decides (a
 	// context it refuses is a 422 naming the reasons, podsecurity.go).
 	SecurityContext *corev1.SecurityContext `json:"securityContext,omitempty"`
+	// Pool names a BackendPool to claim a warm backend from (docs/pools.md);
+	// the backend is then the pool's template, and image, port, args,
+	// resources, env, idlePolicy and securityContext may not be given.
+	Pool string `json:"pool,omitempty"`
 }
 
 // SpawnIdlePolicy is spec.idlePolicy of the backend (what counts as activity).
@@ -77,6 +81,9 @@ type SpawnResponse struct {
 	ReadyURL  string `json:"readyUrl"`
 	StatusURL string `json:"statusUrl"`
 	Spawned   bool   `json:"spawned"`
+	// Warm, for a spawn naming a pool: true when the backend is a claimed
+	// warm pod, false when the pool had none and it starts cold.
+	Warm *bool `json:"warm,omitempty"`
 }
 
 // requestError is a client error: the status and the message to answer with.
@@ -192,6 +199,9 @@ func validText(s string) bool {
 
 // Validate checks a spawn request; nil means it can be created.
 func (req *SpawnRequest) Validate() field.ErrorList {
+	if req.Pool != "" {
+		return req.validatePool()
+	}
 	var errs field.ErrorList
 	if err := validImage(req.Image); err != nil {
 		errs = append(errs, field.Invalid(field.NewPath("image"), req.Image, err.Error()))
@@ -364,8 +374,49 @@ func parseSpawn(r io.Reader, namespace, salt, tokenHash string) (*SpawnRequest, 
 		return nil, nil, &requestError{http.StatusUnprocessableEntity, errs.ToAggregate().Error()}
 	}
 	slab := req.buildSlab(namespace, salt, tokenHash)
+	if req.Pool != "" {
+		return req, slab, nil // the pool's spec replaces it (fromPool)
+	}
 	if errs := spawnerv1.ValidateSpec(&slab.Spec, field.NewPath("spec")); len(errs) > 0 {
 		return nil, nil, &requestError{http.StatusUnprocessableEntity, errs.ToAggregate().Error()}
 	}
 	return req, slab, nil
+}
+
+// validatePool checks a spawn naming a pool: the backend is the pool's
+// template, so what would change it is refused, and env above all — a warm
+// pod started before the spawn, so per-spawn env cannot be in its
+// environment. The fields a pool spawn shares with any spawn (key, labels,
+// gracePeriodSeconds, maxLifetimeSeconds) get the same checks as always.
+func (req *SpawnRequest) validatePool() field.ErrorList {
+	var errs field.ErrorList
+	if msgs := validation.IsDNS1123Subdomain(req.Pool); len(msgs) > 0 {
+		errs = append(errs, field.Invalid(field.NewPath("pool"), req.Pool, strings.Join(msgs, "; ")))
+	}
+	fromPool := "is the pool's (its template says it); leave it out when naming a pool"
+	if req.Image != "" {
+		errs = append(errs, field.Forbidden(field.NewPath("image"), fromPool))
+	}
+	if req.Port != 0 {
+		errs = append(errs, field.Forbidden(field.NewPath("port"), fromPool))
+	}
+	if len(req.Args) > 0 {
+		errs = append(errs, field.Forbidden(field.NewPath("args"), fromPool))
+	}
+	if req.Resources != nil {
+		errs = append(errs, field.Forbidden(field.NewPath("resources"), fromPool))
+	}
+	if req.IdlePolicy != nil {
+		errs = append(errs, field.Forbidden(field.NewPath("idlePolicy"), fromPool))
+	}
+	if req.SecurityContext != nil {
+		errs = append(errs, field.Forbidden(field.NewPath("securityContext"), fromPool))
+	}
+	if len(req.Env) > 0 {
+		errs = append(errs, field.Forbidden(field.NewPath("env"), fmt.Sprintf(
+			"pool %q has no claim hook: its warm backends started before this spawn, so per-spawn env cannot reach their environment", req.Pool)))
+	}
+	shared := SpawnRequest{Image: "localhost/pool-template", Key: req.Key, Labels: req.Labels,
+		GracePeriodSeconds: req.GracePeriodSeconds, MaxLifetimeSeconds: req.MaxLifetimeSeconds}
+	return append(errs, shared.Validate()...)
 }

@@ -39,7 +39,7 @@ func (w *watchers) subscribe(name string) (chan struct{}, func()) {
 }
 
 // notify wakes the subscribers of the backend an informer event is about:
-// a slab, or its pod (which has the slab's name).
+// a slab, or its pod (labelled with the slab's name).
 func (w *watchers) notify(obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
@@ -50,6 +50,9 @@ func (w *watchers) notify(obj any) {
 		name = o.Name
 	case *corev1.Pod:
 		name = o.Name
+		if b := o.Labels[spawnerv1.LabelBackend]; b != "" {
+			name = b // a claimed warm pod has a name of its own
+		}
 	default:
 		return
 	}

@@ -13,9 +13,6 @@ package pool
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"sync"
@@ -180,14 +177,8 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	return true
 }
 
-// TemplateHash identifies a pool's backend spec (everything but replicas):
-// warm pods of another hash were built from an older spec and are rolled.
-func TemplateHash(pool *spawnerv1.BackendPool) string {
-	spec := pool.BackendSpec()
-	b, _ := json.Marshal(&spec) // a plain struct: never fails
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])[:16]
-}
+// TemplateHash is the pool's spawnerv1.BackendPool.TemplateHash.
+func TemplateHash(pool *spawnerv1.BackendPool) string { return pool.TemplateHash() }
 
 // Selector selects a pool's unclaimed pods: a claim sets spawner.dev/backend.
 func Selector(pool string) string {

@@ -59,6 +59,17 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 	status.Phase = lifecycle.Phase(slab)
 	ch := &statusChange{status: status, generation: slab.Generation}
 
+	// A slab claiming a warm pod (docs/pools.md) gets no pod from us: the
+	// api-server binds it, or closeClaim does once it stalled.
+	podName, bound := spawnerv1.PodNameOf(slab)
+	if !bound {
+		return c.closeClaim(ctx, slab, now)
+	}
+	if slab.Annotations[spawnerv1.AnnotationPool] != "" {
+		if err := c.deleteStrays(ctx, slab, podName); err != nil {
+			return 0, err
+		}
+	}
 	pod, foreign, err := c.podOf(slab)
 	if err != nil {
 		return 0, err
@@ -213,19 +224,25 @@ func (c *Controller) syncLive(ctx context.Context, slab *spawnerv1.SessionLivedB
 	if pod == nil && ch.isTrue(lifecycle.ConditionPodCreated) {
 		// The cache may lag behind our own create; ask the API server before
 		// declaring the pod lost.
-		live, err := c.kube.CoreV1().Pods(slab.Namespace).Get(ctx, slab.Name, metav1.GetOptions{})
+		podName, _ := spawnerv1.PodNameOf(slab)
+		live, err := c.kube.CoreV1().Pods(slab.Namespace).Get(ctx, podName, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
-			ch.fail(Failure{Reason: lifecycle.ReasonPodLost, Message: fmt.Sprintf("pod %s was deleted while the backend was live", slab.Name)})
+			ch.fail(Failure{Reason: lifecycle.ReasonPodLost, Message: fmt.Sprintf("pod %s was deleted while the backend was live", podName)})
 			return nil, false, 0, nil
 		case err != nil:
 			return nil, false, 0, err
 		}
 		pod, foreign = live, !metav1.IsControlledBy(live, slab)
 		if foreign {
-			ch.fail(Failure{Reason: lifecycle.ReasonPodLost, Message: fmt.Sprintf("pod %s was replaced by one this backend does not own", slab.Name)})
+			ch.fail(Failure{Reason: lifecycle.ReasonPodLost, Message: fmt.Sprintf("pod %s was replaced by one this backend does not own", podName)})
 			return pod, foreign, 0, nil
 		}
+	}
+	if podName, _ := spawnerv1.PodNameOf(slab); pod == nil && podName != slab.Name {
+		// A claimed warm pod is never re-created cold: it is gone.
+		ch.fail(Failure{Reason: lifecycle.ReasonPodLost, Message: fmt.Sprintf("the warm pod %s claimed for this backend is gone", podName)})
+		return nil, false, 0, nil
 	}
 	if pod == nil {
 		if errs := spawnerv1.ValidateSpec(&slab.Spec, nil); len(errs) > 0 {
@@ -299,7 +316,11 @@ func (c *Controller) foreignPod(slab *spawnerv1.SessionLivedBackend, ch *statusC
 
 // podOf is the slab's pod from the cache, and whether it is someone else's.
 func (c *Controller) podOf(slab *spawnerv1.SessionLivedBackend) (*corev1.Pod, bool, error) {
-	pod, err := c.pods.Pods(slab.Namespace).Get(slab.Name)
+	name, ok := spawnerv1.PodNameOf(slab)
+	if !ok {
+		return nil, false, nil
+	}
+	pod, err := c.pods.Pods(slab.Namespace).Get(name)
 	if apierrors.IsNotFound(err) {
 		return nil, false, nil
 	}

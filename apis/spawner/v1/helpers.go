@@ -97,3 +97,17 @@ func ValidateSpec(spec *SessionLivedBackendSpec, path *field.Path) field.ErrorLi
 	}
 	return errs
 }
+
+// PodNameOf is the name of the slab's pod: the warm pod it claimed
+// (AnnotationPod), else its own name. ok is false while a claim from a pool
+// is not bound yet (AnnotationPool without AnnotationPod): the slab has no
+// pod, and nobody may create one for it (docs/pools.md).
+func PodNameOf(slab *SessionLivedBackend) (name string, ok bool) {
+	if p := slab.Annotations[AnnotationPod]; p != "" {
+		return p, true
+	}
+	if slab.Annotations[AnnotationPool] != "" {
+		return "", false
+	}
+	return slab.Name, true
+}

@@ -1,6 +1,10 @@
 package v1
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -118,6 +122,16 @@ func (p *BackendPool) DesiredReplicas() int32 {
 		return 1
 	}
 	return *p.Spec.Replicas
+}
+
+// TemplateHash identifies the pool's backend spec (everything but
+// replicas): warm pods carry it in LabelPoolTemplateHash, and pods of
+// another hash were built from an older spec (rolled, never claimed).
+func (p *BackendPool) TemplateHash() string {
+	spec := p.BackendSpec()
+	b, _ := json.Marshal(&spec) // a plain struct: never fails
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])[:16]
 }
 
 // BackendSpec is the SessionLivedBackend spec of the pool's backends (no

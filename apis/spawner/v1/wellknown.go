@@ -24,6 +24,13 @@ const (
 	// AnnotationGracePeriodSeconds on a pod copies spec.gracePeriodSeconds, so
 	// the sweeper can decide idleness from the pod alone.
 	AnnotationGracePeriodSeconds = "spawner.dev/grace-period-seconds"
+	// AnnotationPool on a SessionLivedBackend names the BackendPool it was
+	// claimed from. Without AnnotationPod beside it the slab is claiming: no
+	// pod is created for it until the claim is bound (docs/pools.md).
+	AnnotationPool = "spawner.dev/pool"
+	// AnnotationPod on a SessionLivedBackend names its pod when that is not
+	// the slab's own name (a claimed warm pod); PodNameOf reads it.
+	AnnotationPod = "spawner.dev/pod"
 	// AnnotationAccessTokenHash on a SessionLivedBackend is the hex SHA-256 of
 	// the token browsers present; the token itself is never stored.
 	AnnotationAccessTokenHash = "spawner.dev/access-token-sha256"

@@ -1,0 +1,167 @@
+package apiserver
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	spawnerv1 "spawner.dev/apis/spawner/v1"
+)
+
+// Claims: a spawn naming a BackendPool binds its new slab to one of the
+// pool's warm pods. docs/pools.md ("Claiming, and how it stays atomic")
+// explains the protocol; the Kubernetes API is its only lock: the slab is
+// created first (a keyed name collides there, so one caller of a key goes on
+// to claim), then a pod is taken with a patch carrying the pod's
+// resourceVersion, then the slab is bound with a patch carrying the slab's.
+
+// maxClaimAttempts bounds the warm pods one spawn tries before it goes cold:
+// each lost attempt means another spawn took that pod a moment earlier.
+const maxClaimAttempts = 8
+
+// fromPool makes slab (built from the request) a backend of pool: the
+// pool's spec, with the request's key and, when given, grace period and
+// lifetime; the request's labels also go on the pod. The slab starts out
+// claiming (spawnerv1.AnnotationPool without AnnotationPod).
+func fromPool(slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, req *SpawnRequest) *requestError {
+	spec := pool.BackendSpec()
+	spec.Key = req.Key
+	if req.GracePeriodSeconds != nil {
+		g := *req.GracePeriodSeconds
+		spec.GracePeriodSeconds = &g
+	}
+	if req.MaxLifetimeSeconds != nil {
+		m := *req.MaxLifetimeSeconds
+		spec.MaxLifetimeSeconds = &m
+	}
+	for k, v := range req.Labels {
+		if spec.Template.Metadata.Labels == nil {
+			spec.Template.Metadata.Labels = map[string]string{}
+		}
+		spec.Template.Metadata.Labels[k] = v
+	}
+	if errs := spawnerv1.ValidateSpec(&spec, field.NewPath("pool", pool.Name, "spec")); len(errs) > 0 {
+		return &requestError{http.StatusUnprocessableEntity, "the pool cannot make a backend: " + errs.ToAggregate().Error()}
+	}
+	slab.Spec = spec
+	slab.Annotations[spawnerv1.AnnotationPool] = pool.Name
+	return nil
+}
+
+// warmCandidates are the pool's pods a claim may take, from the cache:
+// controlled by the pool (unclaimed), of its current template, Ready. They
+// come shuffled, so concurrent spawns mostly try different pods.
+func (s *Server) warmCandidates(pool *spawnerv1.BackendPool, hash string) []*corev1.Pod {
+	sel := labels.SelectorFromSet(labels.Set{spawnerv1.LabelPool: pool.Name})
+	var out []*corev1.Pod
+	for _, obj := range s.podInf.GetStore().List() {
+		p, ok := obj.(*corev1.Pod)
+		if !ok || !sel.Matches(labels.Set(p.Labels)) || p.Labels[spawnerv1.LabelBackend] != "" ||
+			p.Labels[spawnerv1.LabelPoolTemplateHash] != hash || p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
+			continue
+		}
+		ref := metav1.GetControllerOf(p)
+		if ref == nil || ref.Kind != "BackendPool" || ref.UID != pool.UID {
+			continue
+		}
+		ready := false
+		for _, c := range p.Status.Conditions {
+			ready = ready || (c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue)
+		}
+		if ready {
+			out = append(out, p)
+		}
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out
+}
+
+// claim binds a claiming slab just created by this spawn: to a warm pod of
+// pool if it can take one, else to the cold path. It returns the bound slab
+// and whether it is warm.
+func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, hash string) (*spawnerv1.SessionLivedBackend, bool, error) {
+	pods := s.kube.CoreV1().Pods(slab.Namespace)
+	for i, p := range s.warmCandidates(pool, hash) {
+		if i == maxClaimAttempts {
+			break
+		}
+		// Take the pod: its owner becomes the slab (a pod has one
+		// controller, so no two spawns hold it), it gets the backend label
+		// (the sweeper follows it from now on) and the slab's grace period.
+		// The resourceVersion makes the patch fail if anyone changed the pod
+		// since our cache saw it unclaimed.
+		podLabels := map[string]string{spawnerv1.LabelBackend: slab.Name}
+		for k, v := range slab.Spec.Template.Metadata.Labels {
+			if _, ok := p.Labels[k]; !ok {
+				podLabels[k] = v
+			}
+		}
+		take, _ := json.Marshal(map[string]any{"metadata": map[string]any{
+			"resourceVersion": p.ResourceVersion,
+			"labels":          podLabels,
+			"annotations": map[string]string{spawnerv1.AnnotationGracePeriodSeconds: strconv.FormatInt(
+				int64(slab.Spec.GracePeriod().Seconds()), 10)},
+			"ownerReferences": []metav1.OwnerReference{*metav1.NewControllerRef(slab, spawnerv1.SchemeGroupVersion.WithKind("SessionLivedBackend"))},
+		}})
+		if _, err := pods.Patch(ctx, p.Name, types.MergePatchType, take, metav1.PatchOptions{}); err != nil {
+			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+				s.metrics.claimConflicts.Inc()
+				continue // taken or changed by someone else: the next one
+			}
+			s.log.Error("claim: taking a warm pod failed; going cold", "pool", pool.Name, "pod", p.Name, "err", err)
+			break
+		}
+		bound, err := s.bind(ctx, slab, p.Name)
+		if err == nil {
+			return bound, true, nil
+		}
+		// The controller closed the claim first (we stalled past its
+		// timeout): the pod we took is not this backend's. Free it.
+		uid := p.UID
+		_ = pods.Delete(context.WithoutCancel(ctx), p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		return s.current(ctx, slab, err)
+	}
+	bound, err := s.bind(ctx, slab, slab.Name)
+	if err != nil {
+		return s.current(ctx, slab, err)
+	}
+	return bound, false, nil
+}
+
+// bind sets the slab's pod, with the slab's resourceVersion as precondition.
+func (s *Server) bind(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pod string) (*spawnerv1.SessionLivedBackend, error) {
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
+		"resourceVersion": slab.ResourceVersion,
+		"annotations":     map[string]string{spawnerv1.AnnotationPod: pod},
+	}})
+	return s.slabs.SpawnerV1().SessionLivedBackends(slab.Namespace).Patch(ctx, slab.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+}
+
+// current is the slab as someone else bound it after our bind failed with
+// err (a conflict: the controller closed the claim).
+func (s *Server) current(ctx context.Context, slab *spawnerv1.SessionLivedBackend, err error) (*spawnerv1.SessionLivedBackend, bool, error) {
+	if !apierrors.IsConflict(err) {
+		return nil, false, fmt.Errorf("binding the claim: %w", err)
+	}
+	got, gerr := s.slabs.SpawnerV1().SessionLivedBackends(slab.Namespace).Get(ctx, slab.Name, metav1.GetOptions{})
+	if gerr != nil {
+		return nil, false, gerr
+	}
+	return got, isWarm(got), nil
+}
+
+// isWarm reports whether a backend runs on a claimed warm pod.
+func isWarm(slab *spawnerv1.SessionLivedBackend) bool {
+	name, ok := spawnerv1.PodNameOf(slab)
+	return ok && name != slab.Name
+}
