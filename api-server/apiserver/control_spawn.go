@@ -45,8 +45,8 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, MaxSpawnBody)
 	salt := newSalt()
 	req, slab, rerr := parseSpawn(r.Body, s.cfg.BackendNamespace, salt, hashToken(s.creds.access.token(salt)))
-	if rerr == nil {
-		rerr = s.checkPodSecurity(slab)
+	if rerr == nil && req.Pool == "" {
+		rerr = s.checkPodSecurity(slab) // a pool spawn's, once it is the pool's (below)
 	}
 	if rerr != nil {
 		s.metrics.spawnInvalid.Inc()
@@ -62,7 +62,11 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("no BackendPool named %q in namespace %s", req.Pool, s.cfg.BackendNamespace))
 			return
 		}
-		if rerr := fromPool(slab, p, req); rerr != nil {
+		rerr := fromPool(slab, p, req)
+		if rerr == nil {
+			rerr = s.checkPodSecurity(slab)
+		}
+		if rerr != nil {
 			s.metrics.spawnInvalid.Inc()
 			writeError(w, rerr.status, rerr.msg)
 			return

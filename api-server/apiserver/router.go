@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,8 +118,12 @@ func newRouterProxy(s *Server) *routerProxy {
 			// handling of the inbound one (Connection: Spawner-Router-Proof)
 			// can remove it; route put the pod's value on the inbound request
 			// after deleting whatever the client sent.
-			if v := pr.In.Header[wire.HeaderRouterProof]; len(v) > 0 {
-				pr.Out.Header[wire.HeaderRouterProof] = v
+			for _, h := range []string{wire.HeaderRouterProof, wire.HeaderBackend, wire.HeaderKey} {
+				if v := pr.In.Header[h]; len(v) > 0 {
+					pr.Out.Header[h] = v
+				} else {
+					delete(pr.Out.Header, h)
+				}
 			}
 			if trust {
 				if v := pr.In.Header["X-Forwarded-Proto"]; len(v) > 0 {
@@ -322,6 +327,13 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, name, prefix stri
 	delete(r.Header, wire.HeaderRouterProof)
 	if up.proof != "" {
 		r.Header[wire.HeaderRouterProof] = []string{up.proof}
+	}
+	// Session identity: which backend and key this request is for (set
+	// on the outbound request by Rewrite, like the proof).
+	r.Header[wire.HeaderBackend] = []string{slab.Name}
+	delete(r.Header, wire.HeaderKey)
+	if slab.Spec.Key != "" {
+		r.Header[wire.HeaderKey] = []string{url.PathEscape(slab.Spec.Key)}
 	}
 	if prefix != "" {
 		r.URL.Path = r.URL.Path[len(prefix):]

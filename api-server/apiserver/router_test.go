@@ -466,3 +466,58 @@ func (e *testEnv) setRouterProof(name, proof string) {
 		return ok && p.Annotations[annotationRouterProof] == proof
 	})
 }
+
+// TestRouterTellsTheAppItsSession: every proxied request (HTTP and the
+// WebSocket handshake) carries the backend's name and its key
+// (percent-encoded), whatever the client sent under those names, and no
+// key header for a backend without one.
+func TestRouterTellsTheAppItsSession(t *testing.T) {
+	app := newFakeApp(t)
+	e := newTestEnv(t, app.port())
+	forged := map[string]string{wire.HeaderBackend: "other", wire.HeaderKey: "forged"}
+	forgedHop := map[string]string{wire.HeaderBackend: "other", wire.HeaderKey: "forged", "Connection": wire.HeaderBackend + ", " + wire.HeaderKey}
+
+	tok := e.addBackend("slab-nokey", lifecycle.Ready)
+	for _, hdr := range []map[string]string{nil, forged, forgedHop} {
+		got := decode[seen](t, get(t, e.router.URL+"/p/slab-nokey/x?spawner_token="+tok, hdr))
+		if v := got.Header.Values(wire.HeaderBackend); len(v) != 1 || v[0] != "slab-nokey" {
+			t.Errorf("client headers %v: the app got backend %q", hdr, v)
+		}
+		if v := got.Header.Values(wire.HeaderKey); len(v) != 0 {
+			t.Errorf("client headers %v: a keyless backend's app got key %q", hdr, v)
+		}
+	}
+
+	tok = e.addBackend("slab-key", lifecycle.Ready)
+	ctx := context.Background()
+	slab, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Get(ctx, "slab-key", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slab.Spec.Key = "doc 42/é"
+	if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Update(ctx, slab, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(func() bool { s, ok := e.s.slab("slab-key"); return ok && s.Spec.Key != "" })
+	for _, hdr := range []map[string]string{nil, forged, forgedHop} {
+		got := decode[seen](t, get(t, e.router.URL+"/p/slab-key/x?spawner_token="+tok, hdr))
+		if v := got.Header.Values(wire.HeaderKey); len(v) != 1 || v[0] != "doc%2042%2F%C3%A9" {
+			t.Errorf("client headers %v: the app got key %q, want doc%%2042%%2F%%C3%%A9", hdr, v)
+		}
+		if v := got.Header.Values(wire.HeaderBackend); len(v) != 1 || v[0] != "slab-key" {
+			t.Errorf("client headers %v: the app got backend %q", hdr, v)
+		}
+	}
+	wsURL := "ws" + strings.TrimPrefix(e.router.URL, "http") + "/p/slab-key/ws?spawner_token=" + tok
+	c, _, err := websocket.DefaultDialer.Dial(wsURL, http.Header{wire.HeaderKey: {"forged"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	app.mu.Lock()
+	v := app.last.Header.Values(wire.HeaderKey)
+	app.mu.Unlock()
+	if len(v) != 1 || v[0] != "doc%2042%2F%C3%A9" {
+		t.Errorf("WebSocket: the app got key %q", v)
+	}
+}

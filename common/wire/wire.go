@@ -17,4 +17,14 @@ const (
 	// for each pod. The router and the sweeper read it from the pod they
 	// already cache. Empty means the sidecar does not check (tests, benches).
 	SidecarRouterProofEnv = "SIDECAR_ROUTER_PROOF"
+
+	// HeaderBackend names, on every request the router proxies, the backend
+	// (SessionLivedBackend) the request is for, and HeaderKey its spec.key,
+	// percent-encoded as a URL path segment (url.PathEscape; absent when the
+	// backend has no key). They tell an app which session it serves, which
+	// a warm pool pod, started before anyone asked for it, cannot learn from
+	// its environment (docs/pools.md). The router always sets or removes
+	// both: a client's own values never reach the app.
+	HeaderBackend = "Spawner-Backend"
+	HeaderKey     = "Spawner-Key"
 )
