@@ -51,8 +51,9 @@ func (e *env) pod(name string) *corev1.Pod {
 
 // TestRestrictedNamespace: in a namespace enforcing `restricted`, a plain
 // spawn (no security context) is admitted with the restricted defaults and
-// becomes Ready; a template asking for privileged fails at once with the
-// Pod Security reason instead of staying Pending.
+// becomes Ready; a spawn asking for privileged is a 422 naming the reason
+// (nothing created), and a privileged template applied directly fails at
+// once with the Pod Security reason instead of staying Pending.
 func TestRestrictedNamespace(t *testing.T) {
 	e := setup(t)
 	e.restrict()
@@ -76,7 +77,20 @@ func TestRestrictedNamespace(t *testing.T) {
 		t.Error("the sidecar's root filesystem is writable")
 	}
 
-	// A privileged template, applied directly (the spawn API has no field for it).
+	// A spawn asking for privileged is refused by the API with a 422 that
+	// names the namespace's policy and the reason, and nothing is created.
+	before := e.slabCount()
+	code, body, _ := e.call(e.a.control, "POST", "/spawn", demoBody(`,"securityContext":{"privileged":true}`))
+	if code != 422 || !strings.Contains(body, `violates PodSecurity \"restricted:latest\"`) || !strings.Contains(body, "privileged") {
+		t.Errorf("privileged spawn: %d %s, want 422 naming restricted:latest and privileged", code, body)
+	}
+	t.Logf("privileged spawn: %d %s", code, strings.TrimSpace(body))
+	if n := e.slabCount(); n != before {
+		t.Errorf("%d backends after the refused spawn, want %d", n, before)
+	}
+
+	// A privileged template applied directly, around the API: the controller
+	// fails it at once with the Pod Security reason.
 	priv := &spawnerv1.SessionLivedBackend{
 		ObjectMeta: metav1.ObjectMeta{Name: "privileged", Namespace: e.ns},
 		Spec: spawnerv1.SessionLivedBackendSpec{Template: spawnerv1.BackendPodTemplate{Containers: []corev1.Container{{
