@@ -4,11 +4,13 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -323,6 +325,30 @@ func soakKill(t testing.TB, e *framework.Env, component string) (killed time.Tim
 	return killed, time.Since(killed)
 }
 
+// waitReady follows the status stream until Ready; it returns why not
+// ("" when Ready).
+func waitReady(e *framework.Env, name string, within time.Duration) string {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, "GET", e.Control+"/backend/"+name+"/status", nil)
+		req.Header.Set("Authorization", "Bearer "+e.Token)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			var st framework.StatusEvent
+			json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			switch st.State {
+			case "Ready":
+				return ""
+			case "Failed", "Swept", "Terminating":
+				return st.State + " (" + st.Reason + ": " + st.Message + ")"
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	return "not Ready within " + within.String()
+}
+
 // TestSoak: see the constants above; SPAWNER_SOAK=1 runs it (make soak).
 func TestSoak(t *testing.T) {
 	if os.Getenv("SPAWNER_SOAK") == "" {
@@ -330,6 +356,7 @@ func TestSoak(t *testing.T) {
 	}
 	n := soakEnvInt("SPAWNER_SOAK_BACKENDS", 100)
 	minutes := soakEnvInt("SPAWNER_SOAK_MINUTES", 20)
+	spawned := n
 	e := framework.Deployed(t)
 
 	// Spawn, ten at a time, and wait for every backend to be Ready.
@@ -345,21 +372,34 @@ func TestSoak(t *testing.T) {
 		}
 		clients[i] = &soakClient{b: e.Spawn(t, req), kind: kind, i: i / len(soakKinds)}
 	}
+	// A backend that fails to start (the node overloaded: StartupTimeout)
+	// is not part of the soak: it is reported as what did not fit.
+	var startMu sync.Mutex
+	var notStarted []string
 	for _, c := range clients {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			e.WaitForState(t, c.b.Name, "Ready", 10*time.Minute)
+			if why := waitReady(e, c.b.Name, 10*time.Minute); why != "" {
+				startMu.Lock()
+				notStarted = append(notStarted, c.b.Name+": "+why)
+				startMu.Unlock()
+			}
 		}()
 	}
 	wg.Wait()
-	t.Logf("%d backends Ready in %v", n, time.Since(spawnStart).Round(time.Second))
 	byName := map[string]*soakClient{}
+	started := clients[:0:0]
 	for _, c := range clients {
-		byName[c.b.Name] = c
+		if !slices.ContainsFunc(notStarted, func(s string) bool { return strings.HasPrefix(s, c.b.Name+":") }) {
+			byName[c.b.Name] = c
+			started = append(started, c)
+		}
 	}
+	clients = started
+	t.Logf("%d of %d backends Ready in %v; did not start: %v", len(clients), n, time.Since(spawnStart).Round(time.Second), notStarted)
 
 	// The watch: sweeps, and which writes were activity updates.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -386,7 +426,7 @@ func TestSoak(t *testing.T) {
 					continue
 				}
 				now := time.Now()
-				if ev.Type == watch.Deleted || lifecycle.IsEnding(s.Status.Phase) {
+				if ev.Type == watch.Deleted || s.Status.Phase == lifecycle.Swept || s.Status.Phase == lifecycle.Terminating {
 					byName[s.Name].observeSweep(now)
 				}
 				if ev.Type == watch.Modified && now.Before(end) {
@@ -500,6 +540,7 @@ func TestSoak(t *testing.T) {
 	dur := end.Sub(start)
 	wmu.Lock()
 	rate := float64(activityWrites) / dur.Seconds()
+	n = len(clients)
 	maxMinute := 0
 	for _, v := range perMinute {
 		maxMinute = max(maxMinute, v)
@@ -507,7 +548,7 @@ func TestSoak(t *testing.T) {
 	wmu.Unlock()
 	report := fmt.Sprintf(`| figure | value |
 | --- | --- |
-| backends (mix: %s, 1/5 each) | %d |
+| backends spawned / Ready (mix: %s, 1/5 each) | %d / %d |
 | duration | %v |
 | kills (each component twice) | %d |
 | sweeps seen | %d (due: %d) |
@@ -518,7 +559,7 @@ func TestSoak(t *testing.T) {
 | client-visible errors | %d |
 | activity writes to the API server | %d (%.2f/s, %.4f per backend per second; busiest minute %d) |
 | other slab writes (lifecycle) | %d |
-`, strings.Join(soakKinds, ", "), n, dur.Round(time.Second), len(kills), swept, len(lateness), len(falseSweeps), len(missed), duringOutage,
+`, strings.Join(soakKinds, ", "), spawned, len(clients), dur.Round(time.Second), len(kills), swept, len(lateness), len(falseSweeps), len(missed), duringOutage,
 		pct(0.5), pct(0.9), pct(1), len(errs), activityWrites, rate, rate/float64(n), maxMinute, otherWrites)
 	t.Logf("soak report:\n%s", report)
 	for _, k := range kills {
