@@ -279,6 +279,11 @@ func (c *soakClient) run(ctx context.Context, t testing.TB, start, end time.Time
 func soakKill(t testing.TB, e *framework.Env, component string) (killed time.Time, back time.Duration) {
 	ctx := context.Background()
 	pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + component})
+	if err == nil {
+		// Pods already on their way out (an older rollout's) are neither
+		// victims nor counted as the ones to come back.
+		pods.Items = slices.DeleteFunc(pods.Items, func(p corev1.Pod) bool { return p.DeletionTimestamp != nil })
+	}
 	if err != nil || len(pods.Items) == 0 {
 		t.Errorf("no %s pod to kill: %v", component, err)
 		return time.Now(), 0
