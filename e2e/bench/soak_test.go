@@ -377,6 +377,9 @@ func TestSoak(t *testing.T) {
 		}
 		clients[i] = &soakClient{b: e.Spawn(t, req), kind: kind, i: i / len(soakKinds)}
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var cwg sync.WaitGroup
 	// A backend that fails to start (the node overloaded: StartupTimeout)
 	// is not part of the soak: it is reported as what did not fit.
 	var startMu sync.Mutex
@@ -391,7 +394,17 @@ func TestSoak(t *testing.T) {
 				startMu.Lock()
 				notStarted = append(notStarted, c.b.Name+": "+why)
 				startMu.Unlock()
+				return
 			}
+			// The client starts as soon as its backend is Ready (waiting
+			// for all would leave the first ones idle past their grace) and
+			// plays its script over the next M minutes.
+			cwg.Add(1)
+			go func() {
+				defer cwg.Done()
+				at := time.Now()
+				c.run(ctx, t, at, at.Add(time.Duration(minutes)*time.Minute), rand.New(rand.NewPCG(uint64(c.i*len(soakKinds)+len(c.kind)), 42)))
+			}()
 		}()
 	}
 	wg.Wait()
@@ -407,8 +420,6 @@ func TestSoak(t *testing.T) {
 	t.Logf("%d of %d backends Ready in %v; did not start: %v", len(clients), n, time.Since(spawnStart).Round(time.Second), notStarted)
 
 	// The watch: sweeps, and which writes were activity updates.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var (
 		wmu            sync.Mutex
 		activityWrites int
@@ -476,14 +487,7 @@ func TestSoak(t *testing.T) {
 		}
 	}()
 
-	for i, c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.run(ctx, t, start, end, rand.New(rand.NewPCG(uint64(i), 42)))
-		}()
-	}
-	wg.Wait()
+	cwg.Wait()
 	<-killsDone
 	// Sweeps due before the end get grace + a margin to be seen.
 	time.Sleep(5 * time.Second)

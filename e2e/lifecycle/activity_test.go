@@ -276,7 +276,9 @@ func TestActivityWriteRateWith50BusyBackends(t *testing.T) {
 	names := map[string]bool{}
 	backends := make([]framework.SpawnResponse, n)
 	for i := range backends {
-		backends[i] = e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(120)})
+		// A long grace: the first backends wait, idle, for the last to start
+		// (minutes on a loaded node) and must not be swept meanwhile.
+		backends[i] = e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(1800)})
 		names[backends[i].Name] = true
 	}
 	for _, b := range backends {
@@ -327,7 +329,11 @@ func TestActivityWriteRateWith50BusyBackends(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Stop()
-	writes := 0
+	writes, stableWrites := 0, 0
+	stable := map[string]bool{}
+	for i, b := range backends {
+		stable[b.Name] = i%5 != 0
+	}
 	timeout := time.After(window)
 count:
 	for {
@@ -335,6 +341,9 @@ count:
 		case ev := <-w.ResultChan():
 			if m, ok := ev.Object.(metav1.Object); ok && ev.Type == "MODIFIED" && names[m.GetName()] {
 				writes++
+				if stable[m.GetName()] {
+					stableWrites++
+				}
 			}
 		case err := <-errs:
 			t.Fatalf("a client failed: %v", err)
@@ -343,15 +352,15 @@ count:
 		}
 	}
 	rate := float64(writes) / window.Seconds()
-	t.Logf("%d busy backends (%d reconnecting every 10 s): %d slab writes in %v = %.2f/s (%.3f per backend per second)",
-		n, n/5, writes, window, rate, rate/n)
+	t.Logf("%d busy backends (%d reconnecting every 10 s): %d slab writes in %v = %.2f/s (%.3f per backend per second); %d of them for the %d whose connection held",
+		n, n/5, writes, window, rate, rate/n, stableWrites, n-n/5)
 	if bound := 0.5 * n; rate > bound {
 		t.Errorf("%.2f writes/s, above the documented bound of %.1f/s (one per backend per 2 s)", rate, bound)
 	}
-	// Each reconnect is two flips (idle, busy) at most: the stable 40 should
-	// cost nothing, so the total stays near 2 x 10 backends / 10 s.
-	if want := 2.0 * float64(n/5) / 10 * 1.5; rate > want {
-		t.Errorf("%.2f writes/s: more than the reconnects explain (%.1f/s)", rate, want)
+	// A busy backend whose connection holds costs no write however many
+	// frames it carries (a little slack for a late first write).
+	if stableWrites > (n-n/5)/4 {
+		t.Errorf("%d writes for %d backends whose state did not change", stableWrites, n-n/5)
 	}
 }
 
