@@ -21,6 +21,8 @@ import (
 //   - Host mode (a host suffix is set): <scheme>://<name>.<suffix>[:<port>]/,
 //     scheme and port taken from the base URL. Each backend is its own
 //     browser origin; the router routes by the Host header.
+//
+// +k8s:deepcopy-gen=false
 type PublicRoutes struct {
 	base   string // the base URL without a trailing slash
 	scheme string // http or https
