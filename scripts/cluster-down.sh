@@ -86,12 +86,13 @@ done
 # A container process whose shim is gone (killed above, or died) was reparented to init and keeps
 # running: after a down of a node with ~200 pods, where `crictl rmp` ran out of time, 77
 # spawner-pause processes were left this way. Every process in a kubepods cgroup that this
-# cluster's kubelet created is ours (kind's nodes nest theirs under docker/, not matched here).
+# cluster's kubelet put in the top-level kubepods cgroups is ours (kind's nodes nest theirs under
+# docker/, not matched here), even when those cgroups already existed before `up`: an earlier
+# cluster's leftover kubepods cgroup is reused by the next kubelet, and skipping it left 6 orphans.
 pod_cgroup_procs() {
 	local c
 	for c in /sys/fs/cgroup/*/kubepods* /sys/fs/cgroup/kubepods*; do
 		[ -d "$c" ] || continue
-		grep -qx "$c" "$BEFORE/cgroups" 2>/dev/null && continue
 		find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null
 	done | sort -un
 }
