@@ -189,14 +189,16 @@ func TestPrinterColumnsShowPhaseNodeURLAndAge(t *testing.T) {
 	for _, c := range table.ColumnDefinitions {
 		names = append(names, c.Name)
 	}
-	if got := strings.Join(names, ","); got != "Name,Phase,Node,URL,Age" {
-		t.Fatalf("columns %s, want Name,Phase,Node,URL,Age", got)
+	// Connections and Idle come from status.activity (#17).
+	const want = "Name,Phase,Connections,Idle,Node,URL,Age"
+	if got := strings.Join(names, ","); got != want {
+		t.Fatalf("columns %s, want %s", got, want)
 	}
 	if len(table.Rows) != 1 {
 		t.Fatalf("%d rows, want 1", len(table.Rows))
 	}
 	cells := table.Rows[0].Cells
-	if cells[1] != "Running" || cells[2] != "node-y" || cells[3] != "http://example.test/p/columns/" {
+	if cells[1] != "Running" || cells[4] != "node-y" || cells[5] != "http://example.test/p/columns/" {
 		t.Errorf("row %v, want phase Running, node node-y and the URL", cells)
 	}
 }
