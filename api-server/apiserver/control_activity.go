@@ -52,8 +52,8 @@ func (s *Server) handleKeepalive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now()
-	act := map[string]any{"keepaliveTime": metav1.NewTime(now)}
-	resp := KeepaliveResponse{Name: name, KeepaliveTime: now.UTC().Format(time.RFC3339)}
+	act := map[string]any{"keepaliveTime": metav1.NewMicroTime(now)}
+	resp := KeepaliveResponse{Name: name, KeepaliveTime: now.UTC().Format(metav1.RFC3339Micro)}
 	if a := slab.Status.Activity; a == nil || a.Connections == 0 {
 		// Idle (or not reported yet): the deadline moves now. The sweeper
 		// rewrites these when the backend's state next changes.

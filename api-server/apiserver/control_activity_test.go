@@ -122,8 +122,8 @@ func TestKeepalive(t *testing.T) {
 	r.Body.Close()
 	slab, _ := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Get(context.Background(), "slab-ka", metav1.GetOptions{})
 	a := slab.Status.Activity
-	if a == nil || a.KeepaliveTime == nil || a.KeepaliveTime.Time.Before(before) || a.LastActivity != wire.ActivityKeepalive ||
-		a.SweepAfter == nil || !a.SweepAfter.Time.Equal(a.KeepaliveTime.Time.Add(slab.Spec.GracePeriod())) || kr.SweepAfter == "" {
+	if a == nil || a.KeepaliveTime == nil || a.KeepaliveTime.Time.Before(before.Truncate(time.Microsecond)) || a.LastActivity != wire.ActivityKeepalive ||
+		a.SweepAfter == nil || !a.SweepAfter.Time.Equal(a.KeepaliveTime.Time.Add(slab.Spec.GracePeriod()).Truncate(time.Second)) || kr.SweepAfter == "" {
 		t.Fatalf("activity after keepalive: %+v (answer %+v)", a, kr)
 	}
 	if len(slab.Status.Conditions) == 0 || lifecycle.Phase(slab) != lifecycle.Ready {

@@ -206,9 +206,17 @@ func (e *Env) Do(t testing.TB, method, path string, body any, out any) int {
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
-	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		// Not spawner's answer (every one of its control answers is JSON):
+		// this connection may have reached something else on this host's
+		// network while the Service had no endpoint (see
+		// TestControlAPIReachableWhileEveryReplicaIsReplaced). Do not reuse
+		// it: it is idle now that its body is read and closed.
+		e.HTTP.CloseIdleConnections()
+	}
 	if out != nil {
-		raw, _ := io.ReadAll(resp.Body)
 		if err := json.Unmarshal(raw, out); err != nil {
 			t.Fatalf("%s %s answered %d with %q: %v", method, path, resp.StatusCode, raw, err)
 		}

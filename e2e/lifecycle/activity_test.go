@@ -206,10 +206,12 @@ func TestKeepalivePostponesASweep(t *testing.T) {
 		KeepaliveTime string `json:"keepaliveTime"`
 		SweepAfter    string `json:"sweepAfter"`
 	}
+	// The server records the keepalive after this instant: the sweep may
+	// not come before it plus the grace period.
+	kept := time.Now()
 	if code := e.Do(t, "POST", "/backend/"+b.Name+"/keepalive", nil, &kr); code != http.StatusOK {
 		t.Fatalf("keepalive answered %d", code)
 	}
-	kept := time.Now()
 	// The original deadline passes (plus the sweeper's slack): still Ready.
 	time.Sleep(time.Until(deadline.Add(2 * time.Second)))
 	if st := e.Status(t, b.Name); st.State != "Ready" {

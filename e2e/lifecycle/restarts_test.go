@@ -101,7 +101,14 @@ func TestControlAPIReachableWhileEveryReplicaIsReplaced(t *testing.T) {
 		}
 	}
 	// kube-proxy (local cluster) takes a moment to route to the new pods.
+	// Each try opens a new connection: while the Service has no endpoint,
+	// a connection to its ClusterIP can reach whatever this host's network
+	// hands unknown addresses to (CI's VMs answer with an empty 404 and keep
+	// the connection alive), and a kept-alive connection to it never reaches
+	// a replica again. CI failed that way once: this test and every one after
+	// it got that 404.
 	clustertest.Eventually(t, 30*time.Second, "the control API answering after its replicas were replaced", func() (bool, error) {
+		e.HTTP.CloseIdleConnections()
 		resp, err := e.HTTP.Get(e.Control + "/spawn")
 		if err != nil {
 			return false, nil

@@ -238,9 +238,12 @@ type BackendActivity struct {
 	// +optional
 	SweepAfter *metav1.Time `json:"sweepAfter,omitempty"`
 	// KeepaliveTime is the last POST /backend/{name}/keepalive; it counts as
-	// activity (written by the api-server).
+	// activity (written by the api-server). Microsecond precision: the
+	// grace period restarts from it, and a time truncated to the second
+	// let the sweeper end a backend up to a second before its grace after
+	// a keepalive (TestKeepalivePostponesASweep saw 7.998 s of 8).
 	// +optional
-	KeepaliveTime *metav1.Time `json:"keepaliveTime,omitempty"`
+	KeepaliveTime *metav1.MicroTime `json:"keepaliveTime,omitempty"`
 	// UpdateTime is when the sweeper wrote this.
 	// +optional
 	UpdateTime *metav1.Time `json:"updateTime,omitempty"`

@@ -103,7 +103,7 @@ func TestKeepalivePostponesTheSweep(t *testing.T) {
 	h.waitWrites(1)
 	kept := h.t0.Add(3 * time.Second)
 	slab := h.slab()
-	slab.Status.Activity.KeepaliveTime = &metav1.Time{Time: kept}
+	slab.Status.Activity.KeepaliveTime = &metav1.MicroTime{Time: kept}
 	if _, err := h.client.SpawnerV1().SessionLivedBackends("ns").UpdateStatus(context.Background(), slab, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

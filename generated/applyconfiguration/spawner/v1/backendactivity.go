@@ -46,8 +46,11 @@ type BackendActivityApplyConfiguration struct {
 	// before; empty while busy.
 	SweepAfter *metav1.Time `json:"sweepAfter,omitempty"`
 	// KeepaliveTime is the last POST /backend/{name}/keepalive; it counts as
-	// activity (written by the api-server).
-	KeepaliveTime *metav1.Time `json:"keepaliveTime,omitempty"`
+	// activity (written by the api-server). Microsecond precision: the
+	// grace period restarts from it, and a time truncated to the second
+	// let the sweeper end a backend up to a second before its grace after
+	// a keepalive (TestKeepalivePostponesASweep saw 7.998 s of 8).
+	KeepaliveTime *metav1.MicroTime `json:"keepaliveTime,omitempty"`
 	// UpdateTime is when the sweeper wrote this.
 	UpdateTime *metav1.Time `json:"updateTime,omitempty"`
 }
@@ -117,7 +120,7 @@ func (b *BackendActivityApplyConfiguration) WithSweepAfter(value metav1.Time) *B
 // WithKeepaliveTime sets the KeepaliveTime field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the KeepaliveTime field is set to the value of the last call.
-func (b *BackendActivityApplyConfiguration) WithKeepaliveTime(value metav1.Time) *BackendActivityApplyConfiguration {
+func (b *BackendActivityApplyConfiguration) WithKeepaliveTime(value metav1.MicroTime) *BackendActivityApplyConfiguration {
 	b.KeepaliveTime = &value
 	return b
 }
