@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
@@ -93,6 +95,11 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 
 // handleStream sends every past transition of a backend, then the live ones,
 // as server-sent events, until it failed or is deleted.
+// finalStateWait bounds how long a status stream whose backend is gone
+// waits for the informer's delete handler to hand it the backend's last
+// state (it normally arrives within microseconds of the cache change).
+const finalStateWait = 2 * time.Second
+
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	wake, unsubscribe := s.watchers.subscribe(name)
@@ -125,6 +132,19 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	for {
 		slab, ok := s.slab(name)
 		if !ok || slab.UID != uid {
+			// Transitions it made just before it was deleted (Swept, Failed)
+			// come first: they say why it ended. The informer updates the
+			// cache before it runs the handlers, so the delete handler that
+			// records the final state may still be on its way: wait for it
+			// briefly.
+			if final, ok := s.awaitFinalState(r.Context(), wake, name, uid); ok {
+				for i := last + 1; i < len(milestones); i++ {
+					if st, ok := transition(final, i); ok {
+						send(st)
+						last = i
+					}
+				}
+			}
 			send(StatusResponse{State: StateDeleted, Time: time.Now().UTC().Format(time.RFC3339), Reason: "Deleted", Message: "the backend no longer exists"})
 			rc.Flush()
 			return
@@ -156,6 +176,25 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-s.shuttingDown:
 			return
+		}
+	}
+}
+
+// awaitFinalState returns the last state of the deleted backend name (uid),
+// waiting up to finalStateWait for the delete handler to record it.
+func (s *Server) awaitFinalState(ctx context.Context, wake <-chan struct{}, name string, uid types.UID) (*spawnerv1.SessionLivedBackend, bool) {
+	timer := time.NewTimer(finalStateWait)
+	defer timer.Stop()
+	for {
+		if final, ok := s.watchers.finalState(name, uid); ok {
+			return final, true
+		}
+		select {
+		case <-wake:
+		case <-timer.C:
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
 		}
 	}
 }

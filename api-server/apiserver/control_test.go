@@ -248,3 +248,63 @@ func TestStatusStreamEndsOnFailed(t *testing.T) {
 		t.Fatal(body)
 	}
 }
+
+// TestStatusStreamShowsSweptBeforeDeleted: the controller deletes a swept
+// backend moments after writing Swept; a stream that wakes only after both
+// reached the cache still says Swept (why it ended) before Deleted. The
+// stream's wakeups are held back (watchers' lock) until the cache has lost
+// the backend, which is the order an e2e run met.
+func TestStatusStreamShowsSweptBeforeDeleted(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addBackend("slab-sw", lifecycle.Ready)
+	req, _ := http.NewRequest("GET", e.control.URL+"/backend/slab-sw/status/stream", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	states := make(chan string, 16)
+	go func() {
+		defer close(states)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				var st StatusResponse
+				json.Unmarshal([]byte(d), &st)
+				states <- st.State
+			}
+		}
+	}()
+	for _, want := range []string{"Pending", "Scheduled", "Running", "Ready"} {
+		if got := <-states; got != want {
+			t.Fatalf("got %s, want %s", got, want)
+		}
+	}
+
+	e.s.watchers.mu.Lock()
+	ctx := context.Background()
+	cur, _ := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Get(ctx, "slab-sw", metav1.GetOptions{})
+	lifecycle.Record(&cur.Status, lifecycle.ConditionSwept, lifecycle.ReasonIdle, "idle 8 s", 0)
+	if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).UpdateStatus(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.slabs.SpawnerV1().SessionLivedBackends(testNS).Delete(ctx, "slab-sw", metav1.DeleteOptions{})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := e.s.slabLister.Get("slab-sw"); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cache kept the deleted backend")
+		}
+	}
+	e.s.watchers.mu.Unlock()
+
+	var rest []string
+	for st := range states {
+		rest = append(rest, st)
+	}
+	if strings.Join(rest, " ") != "Swept "+StateDeleted {
+		t.Fatalf("after Ready the stream said %v, want [Swept %s]", rest, StateDeleted)
+	}
+}

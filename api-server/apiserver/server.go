@@ -128,7 +128,7 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 	s.slabInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.watchers.notify(obj) },
 		UpdateFunc: func(_, obj any) { s.watchers.notify(obj) },
-		DeleteFunc: func(obj any) { s.watchers.notify(obj) },
+		DeleteFunc: func(obj any) { s.watchers.deleted(obj) },
 	})
 
 	s.podFactory = kubeinformers.NewSharedInformerFactoryWithOptions(kube, 0, kubeinformers.WithNamespace(ns),

@@ -1,9 +1,10 @@
 package apiserver
 
 import (
-	corev1 "k8s.io/api/core/v1"
 	"sync"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
@@ -11,12 +12,21 @@ import (
 
 // watchers wakes the status streams of one backend when its object changes.
 // Notifications are coalesced: a stream re-reads the cache when woken.
+//
+// Re-reading the cache loses a state the slab held only briefly before it
+// was deleted: the controller deletes a swept slab moments after writing
+// Swept, and a stream that woke after both saw only "gone" (an e2e run saw
+// Ready → Deleted, no Swept). So the last state of a deleted slab that has
+// subscribers is kept (final) until its last subscriber leaves.
 type watchers struct {
-	mu   sync.Mutex
-	subs map[string]map[chan struct{}]struct{}
+	mu    sync.Mutex
+	subs  map[string]map[chan struct{}]struct{}
+	final map[string]*spawnerv1.SessionLivedBackend
 }
 
-func newWatchers() *watchers { return &watchers{subs: map[string]map[chan struct{}]struct{}{}} }
+func newWatchers() *watchers {
+	return &watchers{subs: map[string]map[chan struct{}]struct{}{}, final: map[string]*spawnerv1.SessionLivedBackend{}}
+}
 
 func (w *watchers) subscribe(name string) (chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
@@ -33,6 +43,7 @@ func (w *watchers) subscribe(name string) (chan struct{}, func()) {
 		delete(w.subs[name], ch)
 		if len(w.subs[name]) == 0 {
 			delete(w.subs, name)
+			delete(w.final, name)
 		}
 		w.mu.Unlock()
 	}
@@ -56,6 +67,40 @@ func (w *watchers) notify(obj any) {
 	default:
 		return
 	}
+	w.notifyName(name)
+}
+
+// deleted records a slab's last state for its subscribers, then wakes them.
+func (w *watchers) deleted(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	slab, ok := obj.(*spawnerv1.SessionLivedBackend)
+	if !ok {
+		w.notify(obj)
+		return
+	}
+	w.mu.Lock()
+	if len(w.subs[slab.Name]) > 0 {
+		w.final[slab.Name] = slab
+	}
+	w.mu.Unlock()
+	w.notifyName(slab.Name)
+}
+
+// finalState is the last state of the deleted slab name with that uid, if
+// one was recorded while someone followed it.
+func (w *watchers) finalState(name string, uid types.UID) (*spawnerv1.SessionLivedBackend, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	slab, ok := w.final[name]
+	if !ok || slab.UID != uid {
+		return nil, false
+	}
+	return slab, true
+}
+
+func (w *watchers) notifyName(name string) {
 	w.mu.Lock()
 	for ch := range w.subs[name] {
 		select {
