@@ -3,7 +3,7 @@ package server
 import (
 	"context"
 	"io"
-	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -31,7 +31,7 @@ func TestDrainEndsWhenTheAppStopsListening(t *testing.T) {
 		Drain:        10 * time.Second,
 		ProcNet:      "/proc/net",
 		Host:         "127.0.0.1",
-		Log:          log.New(io.Discard, "", 0),
+		Logger:       slog.New(slog.DiscardHandler),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

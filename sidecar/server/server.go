@@ -6,11 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log"
+	"log/slog"
 	"net"
 	"strconv"
 	"time"
 
+	"spawner.dev/common/logs"
 	"spawner.dev/common/metrics"
 	"spawner.dev/sidecar/activity"
 	"spawner.dev/sidecar/proxy"
@@ -18,7 +19,7 @@ import (
 	"spawner.dev/sidecar/status"
 )
 
-// Config is everything main collects from flags and environment.
+// Config is everything main collects from flags and environment (AddFlags).
 type Config struct {
 	ServePort    int
 	UpstreamPort int
@@ -46,7 +47,13 @@ type Config struct {
 	// port and on the status port's /_events and /metrics (the fence, see
 	// docs/architecture.md); main reads it from wire.SidecarRouterProofEnv.
 	RouterProof string
-	Log         *log.Logger
+	// Log is the process's logging (-v, --log-json); Run sets it up unless
+	// Logger is given (tests).
+	Log    logs.Options
+	Logger *slog.Logger
+
+	// flagErrs are environment variables AddFlags could not read.
+	flagErrs []error
 }
 
 // Readiness: the socket tables are read every 20 ms until the app listens,
@@ -59,9 +66,12 @@ var readySchedule = readiness.Schedule{Fast: 20 * time.Millisecond, Slow: time.S
 // Run serves until ctx ends, then drains: it keeps proxying until nothing is
 // in flight and the app has stopped listening, or Drain has passed.
 func Run(ctx context.Context, c Config) error {
-	logger := c.Log
+	logger := c.Logger
 	if logger == nil {
-		logger = log.Default()
+		logger = c.Log.Setup()
+	}
+	if err := errors.Join(c.flagErrs...); err != nil {
+		return err
 	}
 	tracker := activity.NewWithPolicy(activity.Policy{WSIdle: c.WSIdle, IgnoreRequests: c.IgnoreRequests})
 	reg := metrics.NewRegistry()
@@ -94,7 +104,7 @@ func Run(ctx context.Context, c Config) error {
 		statusDone <- status.Serve(statusCtx, net.JoinHostPort(c.Host, strconv.Itoa(c.StatusPort)),
 			&status.Handler{Tracker: tracker, Metrics: reg, RouterProof: c.RouterProof}, c.StatusBlockFile)
 	}()
-	logger.Printf("sidecar: serving :%d -> 127.0.0.1:%d, status :%d", c.ServePort, c.UpstreamPort, c.StatusPort)
+	logger.Info("sidecar serving", "public", c.ServePort, "upstream", net.JoinHostPort("127.0.0.1", strconv.Itoa(c.UpstreamPort)), "status", c.StatusPort)
 
 	select {
 	case err := <-served:
@@ -105,7 +115,7 @@ func Run(ctx context.Context, c Config) error {
 	case <-ctx.Done():
 	}
 
-	logger.Printf("sidecar: draining for up to %s", c.Drain)
+	logger.Info("sidecar draining", "drain", c.Drain.String())
 	drain(tracker, c.Drain, func() bool {
 		ready, _ := readiness.Listening(c.ProcNet, c.UpstreamPort)
 		return ready

@@ -3,7 +3,7 @@ package server
 import (
 	"context"
 	"io"
-	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -43,7 +43,7 @@ func runSidecar(t *testing.T, app http.Handler, drain time.Duration, opts ...fun
 		Drain:        drain,
 		ProcNet:      "/proc/net",
 		Host:         "127.0.0.1",
-		Log:          log.New(io.Discard, "", 0),
+		Logger:       slog.New(slog.DiscardHandler),
 	}
 	for _, o := range opts {
 		o(&c)
