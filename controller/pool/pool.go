@@ -14,6 +14,7 @@ package pool
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"sync"
 	"time"
@@ -25,16 +26,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/workqueue"
-	"k8s.io/klog/v2"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/workloop"
 	"spawner.dev/generated/clientset/versioned"
 	spawnerlisters "spawner.dev/generated/listers/spawner/v1"
 )
@@ -66,13 +64,16 @@ type Options struct {
 	BuildPod func(pool *spawnerv1.BackendPool, templateHash string) *corev1.Pod
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
+	// Logger is the controller's logger; nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // Controller reconciles BackendPools with their warm pods.
 type Controller struct {
 	o      Options
 	synced []cache.InformerSynced
-	queue  workqueue.TypedRateLimitingInterface[string]
+	queue  *workloop.Loop
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	creates map[string]map[string]time.Time // pool key -> pod name -> when created, until the cache has it
@@ -84,97 +85,41 @@ func New(o Options) (*Controller, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
 	c := &Controller{
 		o:       o,
+		log:     o.Logger,
 		synced:  []cache.InformerSynced{o.PoolInformer.HasSynced, o.PodInformer.HasSynced},
 		creates: map[string]map[string]time.Time{},
 		deletes: map[types.UID]time.Time{},
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedItemExponentialFailureRateLimiter[string](5*time.Millisecond, time.Minute),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "pools"}),
 	}
+	c.queue = workloop.New("pools", c.sync, o.Logger)
 	if _, err := o.PoolInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    c.enqueue,
-		UpdateFunc: func(_, obj interface{}) { c.enqueue(obj) },
+		AddFunc:    c.queue.Enqueue,
+		UpdateFunc: func(_, obj interface{}) { c.queue.Enqueue(obj) },
 	}); err != nil {
 		return nil, err
 	}
-	if _, err := o.PodInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    c.enqueuePodPool,
-		UpdateFunc: func(_, obj interface{}) { c.enqueuePodPool(obj) },
-		DeleteFunc: c.enqueuePodPool,
-	}); err != nil {
+	if _, err := o.PodInformer.AddEventHandler(workloop.Handler(c.queue, poolKeyOf)); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func (c *Controller) enqueue(obj interface{}) {
-	key, err := cache.MetaNamespaceKeyFunc(obj)
-	if err != nil {
-		utilruntime.HandleError(err)
-		return
-	}
-	c.queue.Add(key)
-}
-
-// enqueuePodPool queues the pool a pod came from (its spawner.dev/pool
+// poolKeyOf is the key of the pool a pod came from (its spawner.dev/pool
 // label: claimed pods keep it, so the pool counts them).
-func (c *Controller) enqueuePodPool(obj interface{}) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
+func poolKeyOf(pod *corev1.Pod) string {
+	if pod.Labels[spawnerv1.LabelPool] == "" {
+		return ""
 	}
-	pod, ok := obj.(*corev1.Pod)
-	if !ok || pod.Labels[spawnerv1.LabelPool] == "" {
-		return
-	}
-	c.queue.Add(pod.Namespace + "/" + pod.Labels[spawnerv1.LabelPool])
+	return pod.Namespace + "/" + pod.Labels[spawnerv1.LabelPool]
 }
 
-// Run waits for the caches, then processes the queue with workers until ctx ends.
+// Run waits for the caches, then syncs pools with workers until ctx ends.
 func (c *Controller) Run(ctx context.Context, workers int) error {
-	defer utilruntime.HandleCrash()
-	defer c.queue.ShutDown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
-		return fmt.Errorf("pool informer caches did not sync")
-	}
-	klog.InfoS("Starting pool workers", "count", workers)
-	var wg sync.WaitGroup
-	for i := 0; i < workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			wait.UntilWithContext(ctx, func(ctx context.Context) {
-				for c.processNext(ctx) {
-				}
-			}, time.Second)
-		}()
-	}
-	<-ctx.Done()
-	c.queue.ShutDown()
-	wg.Wait()
-	return nil
-}
-
-func (c *Controller) processNext(ctx context.Context) bool {
-	key, shutdown := c.queue.Get()
-	if shutdown {
-		return false
-	}
-	defer c.queue.Done(key)
-	after, err := c.sync(ctx, key)
-	if err != nil {
-		if !apierrors.IsConflict(err) {
-			klog.ErrorS(err, "Pool sync failed, requeueing", "pool", key)
-		}
-		c.queue.AddRateLimited(key)
-		return true
-	}
-	c.queue.Forget(key)
-	if after > 0 {
-		c.queue.AddAfter(key, after)
-	}
-	return true
+	return c.queue.Run(ctx, workers, c.synced...)
 }
 
 // TemplateHash is the pool's spawnerv1.BackendPool.TemplateHash.
@@ -298,22 +243,19 @@ const createBatch = 16
 
 // sync makes one pool's world right.
 func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error) {
-	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	pool, found, err := workloop.Get(key, func(ns, name string) (*spawnerv1.BackendPool, error) {
+		return c.o.Pools.BackendPools(ns).Get(name)
+	})
 	if err != nil {
-		utilruntime.HandleError(err)
-		return 0, nil
+		return 0, err
 	}
-	pool, err := c.o.Pools.BackendPools(ns).Get(name)
-	if apierrors.IsNotFound(err) {
+	if !found {
 		// Its unclaimed pods go with it (the garbage collector follows
 		// their owner reference); claimed ones belong to their slabs.
 		c.mu.Lock()
 		delete(c.creates, key)
 		c.mu.Unlock()
 		return 0, nil
-	}
-	if err != nil {
-		return 0, err
 	}
 	if pool.DeletionTimestamp != nil {
 		return 0, nil
@@ -330,7 +272,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 
 	hash := TemplateHash(pool)
 	sel, _ := labels.Parse(spawnerv1.LabelPool + "=" + pool.Name)
-	pods, err := c.o.Pods.Pods(ns).List(sel)
+	pods, err := c.o.Pods.Pods(pool.Namespace).List(sel)
 	if err != nil {
 		return 0, err
 	}
@@ -448,13 +390,9 @@ func (c *Controller) deletePod(ctx context.Context, pod *corev1.Pod) error {
 		Preconditions: &metav1.Preconditions{UID: &uid, ResourceVersion: &rv}})
 	if err == nil {
 		c.expectDelete(pod.UID)
-		klog.V(2).InfoS("Deleted warm pod", "pod", klog.KObj(pod))
-		return nil
+		c.log.Debug("deleted warm pod", "pod", pod.Namespace+"/"+pod.Name)
 	}
-	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-		return nil // gone, or changed (claimed): the next sync sees it
-	}
-	return err
+	return workloop.IgnoreGone(err) // gone, or changed (claimed): the next sync sees it
 }
 
 func (c *Controller) writeStatus(ctx context.Context, pool *spawnerv1.BackendPool, status *spawnerv1.BackendPoolStatus) error {

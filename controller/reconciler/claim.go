@@ -10,7 +10,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/klog/v2"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
@@ -51,7 +50,7 @@ func (c *Controller) closeClaim(ctx context.Context, slab *spawnerv1.SessionLive
 		return 0, err
 	}
 	warm := bind != slab.Name
-	klog.V(2).InfoS("Closed an unbound claim", "slab", klog.KObj(slab), "pod", bind, "warm", warm)
+	c.log.Debug("closed an unbound claim", "slab", slab.Namespace+"/"+slab.Name, "pod", bind, "warm", warm)
 	c.recorder.Eventf(slab, corev1.EventTypeNormal, "ClaimClosed", "claim not bound within %s; bound to pod %s (warm: %t)", ClaimTimeout, bind, warm)
 	return 0, nil
 }

@@ -11,29 +11,24 @@ package reconciler
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/apimachinery/pkg/util/wait"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/workloop"
 	"spawner.dev/generated/clientset/versioned"
 	spawnerinformers "spawner.dev/generated/informers/externalversions/spawner/v1"
 	spawnerlisters "spawner.dev/generated/listers/spawner/v1"
@@ -70,14 +65,13 @@ type Controller struct {
 	slabs    spawnerlisters.SessionLivedBackendLister
 	pods     corelisters.PodLister
 	synced   []cache.InformerSynced
-	queue    workqueue.TypedRateLimitingInterface[string]
+	queue    *workloop.Loop
 	recorder record.EventRecorder
 	clock    clock.Clock
 	metrics  *Metrics
 	log      *slog.Logger
 
-	started     time.Time
-	cachesReady atomic.Bool
+	started time.Time
 
 	mu        sync.Mutex
 	readySeen map[types.UID]bool // slabs whose spawn-to-ready latency was observed
@@ -124,38 +118,20 @@ func New(p Params) (*Controller, error) {
 		recorder: p.Recorder, clock: clk, metrics: metrics, log: log,
 		started:   clk.Now(),
 		readySeen: map[types.UID]bool{},
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
-			workqueue.NewTypedMaxOfRateLimiter(
-				// Per key: conflicts and API errors retry fast, then back off to a minute.
-				workqueue.NewTypedItemExponentialFailureRateLimiter[string](5*time.Millisecond, time.Minute),
-			),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "slabs"}),
 	}
+	c.queue = workloop.New("slabs", c.timedSync, log)
 	metrics.queueDepth = func() float64 { return float64(c.queue.Len()) }
 	if _, err := slabInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    c.enqueueSlab,
-		UpdateFunc: func(old, obj interface{}) { c.observeTransition(old, obj); c.enqueueSlab(obj) },
+		AddFunc:    c.queue.Enqueue,
+		UpdateFunc: func(old, obj interface{}) { c.observeTransition(old, obj); c.queue.Enqueue(obj) },
 		DeleteFunc: c.slabDeleted,
 	}); err != nil {
 		return nil, err
 	}
-	if _, err := podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    c.enqueuePodOwner,
-		UpdateFunc: func(_, obj interface{}) { c.enqueuePodOwner(obj) },
-		DeleteFunc: c.enqueuePodOwner,
-	}); err != nil {
+	if _, err := podInformer.AddEventHandler(workloop.Handler(c.queue, slabKeyOf)); err != nil {
 		return nil, err
 	}
 	return c, nil
-}
-
-func (c *Controller) enqueueSlab(obj interface{}) {
-	key, err := cache.MetaNamespaceKeyFunc(obj)
-	if err != nil {
-		utilruntime.HandleError(err)
-		return
-	}
-	c.queue.Add(key)
 }
 
 // observeTransition gives the phase transitions other components write
@@ -192,75 +168,27 @@ func (c *Controller) slabDeleted(obj interface{}) {
 	}
 }
 
-// enqueuePodOwner queues the slab controlling a pod.
-func (c *Controller) enqueuePodOwner(obj interface{}) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return
-	}
+// slabKeyOf is the key of the slab controlling a pod.
+func slabKeyOf(pod *corev1.Pod) string {
 	ref := metav1.GetControllerOf(pod)
 	if ref == nil || ref.Kind != slabGVK.Kind || ref.APIVersion != slabGVK.GroupVersion().String() {
-		return
+		return ""
 	}
-	c.queue.Add(pod.Namespace + "/" + ref.Name)
+	return pod.Namespace + "/" + ref.Name
 }
 
 // CachesSynced reports whether the informers have synced (readiness).
-func (c *Controller) CachesSynced() bool { return c.cachesReady.Load() }
+func (c *Controller) CachesSynced() bool { return c.queue.Synced() }
 
-// Run waits for the caches, then processes the queue with workers until ctx ends.
+// Run waits for the caches, then syncs slabs with workers until ctx ends.
 func (c *Controller) Run(ctx context.Context, workers int) error {
-	defer utilruntime.HandleCrash()
-	defer c.queue.ShutDown()
-	c.log.Info("waiting for informer caches to sync")
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
-		return fmt.Errorf("informer caches did not sync")
-	}
-	c.cachesReady.Store(true)
-	c.log.Info("starting workers", "count", workers)
-	var wg sync.WaitGroup
-	for i := 0; i < workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			wait.UntilWithContext(ctx, c.runWorker, time.Second)
-		}()
-	}
-	<-ctx.Done()
-	c.queue.ShutDown()
-	wg.Wait()
-	return nil
+	return c.queue.Run(ctx, workers, c.synced...)
 }
 
-func (c *Controller) runWorker(ctx context.Context) {
-	for c.processNext(ctx) {
-	}
-}
-
-func (c *Controller) processNext(ctx context.Context) bool {
-	key, shutdown := c.queue.Get()
-	if shutdown {
-		return false
-	}
-	defer c.queue.Done(key)
+// timedSync is sync, timed for the reconcile metrics.
+func (c *Controller) timedSync(ctx context.Context, key string) (time.Duration, error) {
 	start := c.clock.Now()
 	after, err := c.sync(ctx, key)
 	c.metrics.observeReconcile(c.clock.Since(start), err)
-	if err != nil {
-		if apierrors.IsConflict(err) {
-			c.log.Debug("conflict, requeueing", "slab", key)
-		} else {
-			c.log.Error("sync failed, requeueing", "slab", key, "err", err)
-		}
-		c.queue.AddRateLimited(key)
-		return true
-	}
-	c.queue.Forget(key)
-	if after > 0 {
-		c.queue.AddAfter(key, after)
-	}
-	return true
+	return after, err
 }

@@ -1,6 +1,8 @@
 package reconciler
 
 import (
+	"log/slog"
+
 	corev1 "k8s.io/api/core/v1"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
@@ -16,16 +18,16 @@ import (
 const poolWorkers = 2
 
 // newPoolController wires the BackendPool reconciler (controller/pool) to
-// the slab reconciler's informer factories, recorder and pod builder, so a
-// warm pod is built exactly like a backend's.
+// the slab reconciler's informer factories, recorder, logger and pod builder,
+// so a warm pod is built exactly like a backend's.
 func newPoolController(sp versioned.Interface, kube kubernetes.Interface, spawnerFactory externalversions.SharedInformerFactory,
-	pods coreinformers.PodInformer, recorder record.EventRecorder, opts Options) (*pool.Controller, error) {
+	pods coreinformers.PodInformer, recorder record.EventRecorder, log *slog.Logger, opts Options) (*pool.Controller, error) {
 	pools := spawnerFactory.Spawner().V1().BackendPools()
 	return pool.New(pool.Options{
 		Kube: kube, Spawner: sp,
 		PoolInformer: pools.Informer(), Pools: pools.Lister(),
 		PodInformer: pods.Informer(), Pods: pods.Lister(),
-		Recorder: recorder,
+		Recorder: recorder, Logger: log,
 		BuildPod: func(p *spawnerv1.BackendPool, hash string) *corev1.Pod {
 			return BuildWarmPod(p, hash, opts.Sidecar, opts.AppResources)
 		},

@@ -244,7 +244,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		pools, err := newPoolController(sp, kube, spawnerFactory, pods, recorder, opts)
+		pools, err := newPoolController(sp, kube, spawnerFactory, pods, recorder, log, opts)
 		if err != nil {
 			return err
 		}

@@ -11,11 +11,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
-	"k8s.io/client-go/tools/cache"
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/common/workloop"
 )
 
 // minPositive is the earlier of two requeue delays, 0 meaning none.
@@ -37,18 +36,12 @@ func minPositive(a, b time.Duration) time.Duration {
 // (syncLive), the status write with its Events, the node label, and the end
 // of a failed or terminating backend (finish).
 func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error) {
-	ns, name, err := cache.SplitMetaNamespaceKey(key)
-	if err != nil {
-		utilruntime.HandleError(err)
-		return 0, nil
-	}
-	slab, err := c.slabs.SessionLivedBackends(ns).Get(name)
-	if apierrors.IsNotFound(err) {
-		// Its pod, if any, goes with it: the garbage collector follows the
-		// owner reference.
-		return 0, nil
-	}
-	if err != nil {
+	// A slab gone: its pod, if any, goes with it (the garbage collector
+	// follows the owner reference).
+	slab, found, err := workloop.Get(key, func(ns, name string) (*spawnerv1.SessionLivedBackend, error) {
+		return c.slabs.SessionLivedBackends(ns).Get(name)
+	})
+	if !found || err != nil {
 		return 0, err
 	}
 	if slab.DeletionTimestamp != nil {
@@ -337,10 +330,7 @@ func (c *Controller) deletePod(ctx context.Context, pod *corev1.Pod, grace *int6
 		c.metrics.podsDeleted.Inc()
 		c.log.Debug("deleted backend pod", "pod", pod.Namespace+"/"+pod.Name)
 	}
-	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-		return nil
-	}
-	return err
+	return workloop.IgnoreGone(err)
 }
 
 func (c *Controller) deleteSlab(ctx context.Context, slab *spawnerv1.SessionLivedBackend, why string) error {
@@ -350,10 +340,7 @@ func (c *Controller) deleteSlab(ctx context.Context, slab *spawnerv1.SessionLive
 		c.metrics.slabsDeleted.Inc()
 		c.log.Debug("deleted backend", "slab", slab.Namespace+"/"+slab.Name, "why", why)
 	}
-	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-		return nil
-	}
-	return err
+	return workloop.IgnoreGone(err)
 }
 
 // observeReady records spawn-to-ready latency once per slab, for slabs that
