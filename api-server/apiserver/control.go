@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sort"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
@@ -24,6 +25,31 @@ func (s *Server) ControlHandler() http.Handler {
 	return s.instrument("control", rt.handler(func(r *http.Request) string {
 		return "no such endpoint: " + r.Method + " " + r.URL.Path
 	}))
+}
+
+// backendOr404 is the backend a /backend/{name}/... request names, or false
+// once it has answered 404 for it.
+func (s *Server) backendOr404(w http.ResponseWriter, r *http.Request) (*spawnerv1.SessionLivedBackend, bool) {
+	name := r.PathValue("name")
+	slab, ok := s.slab(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, "no backend named "+name)
+	}
+	return slab, ok
+}
+
+// writeBackendWriteError answers a failed write to the backend name: 404 when
+// it is gone, else 502 "<what>: <err>". It reports whether err was an error.
+func writeBackendWriteError(w http.ResponseWriter, name, what string, err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case apierrors.IsNotFound(err):
+		writeError(w, http.StatusNotFound, "no backend named "+name)
+	default:
+		writeError(w, http.StatusBadGateway, what+": "+err.Error())
+	}
+	return true
 }
 
 func (s *Server) commonRoutes(rt *routes) {

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -41,14 +40,13 @@ type KeepaliveResponse struct {
 // status subresource: no read-modify-write, no conflict with the sweeper's
 // writes (it never writes keepaliveTime).
 func (s *Server) handleKeepalive(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	slab, ok := s.slab(name)
+	slab, ok := s.backendOr404(w, r)
 	if !ok {
-		writeError(w, http.StatusNotFound, "no backend named "+name)
 		return
 	}
-	if phase := lifecycle.Phase(slab); lifecycle.IsEnding(phase) || slab.DeletionTimestamp != nil {
-		writeError(w, http.StatusConflict, "backend "+name+" has ended ("+string(phase)+"); spawn it again")
+	name := slab.Name
+	if !live(slab) {
+		writeError(w, http.StatusConflict, "backend "+name+" has ended ("+string(lifecycle.Phase(slab))+"); spawn it again")
 		return
 	}
 	now := time.Now()
@@ -66,12 +64,7 @@ func (s *Server) handleKeepalive(w http.ResponseWriter, r *http.Request) {
 	body, _ := json.Marshal(map[string]any{"status": map[string]any{"activity": act}})
 	_, err := s.slabs.SpawnerV1().SessionLivedBackends(s.cfg.BackendNamespace).Patch(r.Context(), name,
 		types.MergePatchType, body, metav1.PatchOptions{}, "status")
-	switch {
-	case apierrors.IsNotFound(err):
-		writeError(w, http.StatusNotFound, "no backend named "+name)
-		return
-	case err != nil:
-		writeError(w, http.StatusBadGateway, "recording the keepalive: "+err.Error())
+	if writeBackendWriteError(w, name, "recording the keepalive", err) {
 		return
 	}
 	writeJSON(w, http.StatusOK, resp)

@@ -85,9 +85,8 @@ func currentStatus(slab *spawnerv1.SessionLivedBackend) StatusResponse {
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	slab, ok := s.slab(r.PathValue("name"))
+	slab, ok := s.backendOr404(w, r)
 	if !ok {
-		writeError(w, http.StatusNotFound, "no backend named "+r.PathValue("name"))
 		return
 	}
 	writeJSON(w, http.StatusOK, currentStatus(slab))
@@ -104,9 +103,8 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	wake, unsubscribe := s.watchers.subscribe(name)
 	defer unsubscribe()
-	slab, ok := s.slab(name)
+	slab, ok := s.backendOr404(w, r)
 	if !ok {
-		writeError(w, http.StatusNotFound, "no backend named "+name)
 		return
 	}
 	uid := slab.UID
@@ -205,12 +203,11 @@ func wantsJSON(r *http.Request) bool {
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	slab, ok := s.slab(name)
+	slab, ok := s.backendOr404(w, r)
 	if !ok {
-		writeError(w, http.StatusNotFound, "no backend named "+name)
 		return
 	}
+	name := slab.Name
 	st := currentStatus(slab)
 	switch phase := lifecycle.Phase(slab); {
 	case phase == lifecycle.Ready:
@@ -221,7 +218,7 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Cache-Control", "no-store")
 		http.Redirect(w, r, s.backendURL(name, tok), http.StatusFound)
-	case lifecycle.IsEnding(phase) || slab.DeletionTimestamp != nil:
+	case !live(slab):
 		if wantsJSON(r) {
 			writeJSON(w, http.StatusGone, map[string]any{"error": "backend has ended", "status": st})
 			return

@@ -35,9 +35,8 @@ func (s *Server) handleTerminate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	slab, ok := s.slab(name)
+	slab, ok := s.backendOr404(w, r)
 	if !ok {
-		writeError(w, http.StatusNotFound, "no backend named "+name)
 		return
 	}
 	ns := s.cfg.BackendNamespace
@@ -67,7 +66,7 @@ func (s *Server) handleTerminate(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		final = lifecycle.Phase(cur)
-		if lifecycle.IsEnding(final) || cur.DeletionTimestamp != nil {
+		if !live(cur) {
 			return nil // already on its way out
 		}
 		if !lifecycle.Record(&cur.Status, lifecycle.ConditionSwept, lifecycle.ReasonTerminationRequested,
@@ -80,12 +79,7 @@ func (s *Server) handleTerminate(w http.ResponseWriter, r *http.Request) {
 		}
 		return err
 	})
-	switch {
-	case apierrors.IsNotFound(err):
-		writeError(w, http.StatusNotFound, "no backend named "+name)
-		return
-	case err != nil:
-		writeError(w, http.StatusBadGateway, "recording the termination request: "+err.Error())
+	if writeBackendWriteError(w, name, "recording the termination request", err) {
 		return
 	}
 	s.log.Info("backend termination requested", "name", name, "phase", final)
