@@ -24,12 +24,15 @@ import (
 	"spawner.dev/generated/informers/externalversions"
 )
 
+// demoTemplate is the pod template of the test objects: the demo app.
+func demoTemplate() spawnerv1.BackendPodTemplate {
+	return spawnerv1.BackendPodTemplate{Containers: []corev1.Container{{Name: "app", Image: clustertest.DemoImage}}}
+}
+
 func backend(name string) *spawnerv1.SessionLivedBackend {
 	return &spawnerv1.SessionLivedBackend{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: spawnerv1.SessionLivedBackendSpec{Template: spawnerv1.BackendPodTemplate{
-			Containers: []corev1.Container{{Name: "app", Image: "localhost/spawner-demo:dev"}},
-		}},
+		Spec:       spawnerv1.SessionLivedBackendSpec{Template: demoTemplate()},
 	}
 }
 
@@ -174,30 +177,17 @@ func TestPrinterColumnsShowPhaseNodeURLAndAge(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The same request kubectl makes for `kubectl get slab`.
-	raw, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().RESTClient().Get().
-		AbsPath("/apis/spawner.dev/v1/namespaces", ns, "sessionlivedbackends").
-		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var table metav1.Table
-	if err := json.Unmarshal(raw, &table); err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, c := range table.ColumnDefinitions {
-		names = append(names, c.Name)
-	}
+	// What `kubectl get slab` prints.
+	names, rows := clustertest.Table(t, kubernetes.NewForConfigOrDie(cfg), ns, "sessionlivedbackends", "")
 	// Connections and Idle come from status.activity (#17).
 	const want = "Name,Phase,Connections,Idle,Node,URL,Age"
 	if got := strings.Join(names, ","); got != want {
 		t.Fatalf("columns %s, want %s", got, want)
 	}
-	if len(table.Rows) != 1 {
-		t.Fatalf("%d rows, want 1", len(table.Rows))
+	if len(rows) != 1 {
+		t.Fatalf("%d rows, want 1", len(rows))
 	}
-	cells := table.Rows[0].Cells
+	cells := rows[0]
 	if cells[1] != "Running" || cells[4] != "node-y" || cells[5] != "http://example.test/p/columns/" {
 		t.Errorf("row %v, want phase Running, node node-y and the URL", cells)
 	}

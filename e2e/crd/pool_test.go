@@ -4,12 +4,10 @@ package crd
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"testing"
 
 	autoscalingv1 "k8s.io/api/autoscaling/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -21,9 +19,7 @@ import (
 func pool(name string) *spawnerv1.BackendPool {
 	return &spawnerv1.BackendPool{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: spawnerv1.BackendPoolSpec{Template: spawnerv1.BackendPodTemplate{
-			Containers: []corev1.Container{{Name: "app", Image: "localhost/spawner-demo:dev"}},
-		}},
+		Spec:       spawnerv1.BackendPoolSpec{Template: demoTemplate()},
 	}
 }
 
@@ -84,27 +80,15 @@ func TestPoolDefaultsScaleAndColumns(t *testing.T) {
 		t.Errorf("scale status %+v, want 5 replicas and the pool's selector", scale.Status)
 	}
 
-	raw, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().RESTClient().Get().
-		AbsPath("/apis/spawner.dev/v1/namespaces", ns, "backendpools").
-		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var table metav1.Table
-	if err := json.Unmarshal(raw, &table); err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, c := range table.ColumnDefinitions {
-		names = append(names, c.Name)
-	}
+	// What `kubectl get bpool` prints.
+	names, rows := clustertest.Table(t, kubernetes.NewForConfigOrDie(cfg), ns, "backendpools", "")
 	if got := strings.Join(names, ","); got != "Name,Desired,Ready,Starting,Claimed,Age" {
 		t.Fatalf("columns %s, want Name,Desired,Ready,Starting,Claimed,Age", got)
 	}
-	if len(table.Rows) != 1 {
-		t.Fatalf("%d rows, want 1", len(table.Rows))
+	if len(rows) != 1 {
+		t.Fatalf("%d rows, want 1", len(rows))
 	}
-	cells := table.Rows[0].Cells
+	cells := rows[0]
 	// JSON numbers decode as float64.
 	if cells[1] != float64(7) || cells[2] != float64(4) || cells[3] != float64(1) || cells[4] != float64(3) {
 		t.Errorf("row %v, want desired 7, ready 4, starting 1, claimed 3", cells)

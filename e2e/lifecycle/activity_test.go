@@ -4,7 +4,6 @@ package lifecycle
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -24,22 +23,13 @@ import (
 // server-side Table, by column name.
 func slabRow(t testing.TB, e *framework.Env, name string) map[string]any {
 	t.Helper()
-	raw, err := e.Kube.CoreV1().RESTClient().Get().
-		AbsPath("/apis/spawner.dev/v1/namespaces", framework.BackendNamespace, "sessionlivedbackends", name).
-		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var table metav1.Table
-	if err := json.Unmarshal(raw, &table); err != nil {
-		t.Fatal(err)
-	}
-	if len(table.Rows) != 1 {
-		t.Fatalf("%d rows for %s", len(table.Rows), name)
+	columns, rows := clustertest.Table(t, e.Kube, framework.BackendNamespace, "sessionlivedbackends", name)
+	if len(rows) != 1 {
+		t.Fatalf("%d rows for %s", len(rows), name)
 	}
 	row := map[string]any{}
-	for i, c := range table.ColumnDefinitions {
-		row[c.Name] = table.Rows[0].Cells[i]
+	for i, c := range columns {
+		row[c] = rows[0][i]
 	}
 	return row
 }
