@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,6 +45,20 @@ func fromPool(slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, 
 		m := *req.MaxLifetimeSeconds
 		spec.MaxLifetimeSeconds = &m
 	}
+	if len(req.Env) > 0 {
+		if pool.Spec.ClaimHook == nil {
+			return &requestError{http.StatusUnprocessableEntity, field.Forbidden(field.NewPath("env"), fmt.Sprintf(
+				"pool %q has no claim hook (spec.claimHook): its warm backends started before this spawn, so per-spawn env cannot reach them", pool.Name)).Error()}
+		}
+		// A claimed warm pod receives env through the hook; a cold start
+		// of the pool's template (the pool had no pod to give) gets it in
+		// its app container's environment, as any cold spawn.
+		if len(spec.Template.Containers) > 0 {
+			app := &spec.Template.Containers[0]
+			app.Env = slices.DeleteFunc(app.Env, func(e corev1.EnvVar) bool { _, given := req.Env[e.Name]; return given })
+			app.Env = append(app.Env, sortedEnv(req.Env)...)
+		}
+	}
 	for k, v := range req.Labels {
 		if spec.Template.Metadata.Labels == nil {
 			spec.Template.Metadata.Labels = map[string]string{}
@@ -55,6 +70,9 @@ func fromPool(slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, 
 	}
 	slab.Spec = spec
 	slab.Annotations[spawnerv1.AnnotationPool] = pool.Name
+	if h := pool.Spec.ClaimHook; h != nil {
+		slab.Annotations[spawnerv1.AnnotationClaimHookPath] = h.Path
+	}
 	return nil
 }
 
@@ -88,19 +106,28 @@ func (s *Server) warmCandidates(pool *spawnerv1.BackendPool, hash string) []*cor
 
 // claim binds a claiming slab just created by this spawn: to a warm pod of
 // pool if it can take one, else to the cold path. It returns the bound slab
-// and whether it is warm.
-func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, hash string) (*spawnerv1.SessionLivedBackend, bool, error) {
+// and whether it is warm. session is what the pool's claim hook, if it has
+// one, receives before the pod is bound.
+func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, hash string, session ClaimSession) (*spawnerv1.SessionLivedBackend, bool, error) {
 	pods := s.kube.CoreV1().Pods(slab.Namespace)
+	hook := pool.Spec.ClaimHook
+	hookCalls := 0
 	for i, p := range s.warmCandidates(pool, hash) {
-		if i == maxClaimAttempts {
+		if i == maxClaimAttempts || hookCalls == maxHookAttempts {
 			break
 		}
 		// Take the pod: its owner becomes the slab (a pod has one
 		// controller, so no two spawns hold it), it gets the backend label
 		// (the sweeper follows it from now on) and the slab's grace period.
 		// The resourceVersion makes the patch fail if anyone changed the pod
-		// since our cache saw it unclaimed.
-		podLabels := map[string]string{spawnerv1.LabelBackend: slab.Name}
+		// since our cache saw it unclaimed. With a claim hook the backend
+		// label waits for the hook's success: the sweeper, which records
+		// Ready, follows only labelled pods, and the controller binds a
+		// stalled claim only to a labelled pod (docs/pools.md).
+		podLabels := map[string]string{}
+		if hook == nil {
+			podLabels[spawnerv1.LabelBackend] = slab.Name
+		}
 		for k, v := range slab.Spec.Template.Metadata.Labels {
 			if _, ok := p.Labels[k]; !ok {
 				podLabels[k] = v
@@ -121,14 +148,25 @@ func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend,
 			s.log.Error("claim: taking a warm pod failed; going cold", "pool", pool.Name, "pod", p.Name, "err", err)
 			break
 		}
+		if hook != nil {
+			hookCalls++
+			if err := s.deliverSession(ctx, hook, p, session); err != nil {
+				// The pod is ours and its app refused the session (or
+				// never answered): it is never handed out. Deleting it
+				// frees its place in the pool, which starts a new one.
+				s.metrics.claimHookFailures.Inc()
+				s.log.Info("claim hook failed; deleting the pod and trying another", "pool", pool.Name, "pod", p.Name, "backend", slab.Name, "err", err)
+				s.deleteTaken(ctx, p)
+				continue
+			}
+		}
 		bound, err := s.bind(ctx, slab, p.Name)
 		if err == nil {
 			return bound, true, nil
 		}
 		// The controller closed the claim first (we stalled past its
 		// timeout): the pod we took is not this backend's. Free it.
-		uid := p.UID
-		_ = pods.Delete(context.WithoutCancel(ctx), p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		s.deleteTaken(ctx, p)
 		return s.current(ctx, slab, err)
 	}
 	bound, err := s.bind(ctx, slab, slab.Name)
@@ -136,6 +174,35 @@ func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend,
 		return s.current(ctx, slab, err)
 	}
 	return bound, false, nil
+}
+
+// deliverSession calls the claim hook on a pod this claim took and, once it
+// succeeded, labels the pod with its backend: from then on the sweeper
+// follows it (and records Ready) and a stalled claim may be bound to it.
+func (s *Server) deliverSession(ctx context.Context, hook *spawnerv1.ClaimHook, p *corev1.Pod, session ClaimSession) error {
+	if err := callClaimHook(ctx, hook, p, session); err != nil {
+		return fmt.Errorf("claim hook POST %s: %w", hook.Path, err)
+	}
+	label, _ := json.Marshal(map[string]any{"metadata": map[string]any{
+		"labels": map[string]string{spawnerv1.LabelBackend: session.Backend},
+	}})
+	if _, err := s.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, label, metav1.PatchOptions{}); err != nil {
+		// Gone: the controller closed the claim meanwhile (and deleted the
+		// pod, whose hook it could not know had succeeded).
+		return fmt.Errorf("labelling the pod after its claim hook: %w", err)
+	}
+	return nil
+}
+
+// deleteTaken deletes a warm pod this claim took but does not bind (its
+// UID as precondition: never a pod of the same name made since).
+func (s *Server) deleteTaken(ctx context.Context, p *corev1.Pod) {
+	uid := p.UID
+	if err := s.kube.CoreV1().Pods(p.Namespace).Delete(context.WithoutCancel(ctx), p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+		// The slab reconciler deletes it as a stray, or the garbage
+		// collector with the slab: it is never bound either way.
+		s.log.Error("deleting a taken warm pod", "pod", p.Name, "err", err)
+	}
 }
 
 // bind sets the slab's pod, with the slab's resourceVersion as precondition.

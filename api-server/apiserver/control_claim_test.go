@@ -12,7 +12,6 @@ import (
 
 func TestPoolSpawnValidation(t *testing.T) {
 	for body, want := range map[string]string{
-		`{"pool":"rooms","env":{"A":"b"}}`:         "claim hook",
 		`{"pool":"rooms","image":"x"}`:             "image: Forbidden",
 		`{"pool":"rooms","port":8081}`:             "port: Forbidden",
 		`{"pool":"rooms","args":["x"]}`:            "args: Forbidden",

@@ -116,7 +116,8 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 			// controller binds it within its claim timeout, so the answer
 			// still names a backend that will start.
 			start := time.Now()
-			bound, ok, err := s.claim(r.Context(), got, pool, pool.TemplateHash())
+			session := ClaimSession{Backend: got.Name, Key: req.Key, Env: req.Env, Labels: req.Labels}
+			bound, ok, err := s.claim(r.Context(), got, pool, pool.TemplateHash(), session)
 			if err != nil {
 				s.log.Error("claim failed; the controller will bind the backend", "name", got.Name, "pool", pool.Name, "err", err)
 			} else {

@@ -302,6 +302,13 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, name, prefix stri
 		r.URL.ForceQuery = false
 	}
 	stripRefererToken(r.Header)
+	if hook := slab.Annotations[spawnerv1.AnnotationClaimHookPath]; hook != "" && isClaimHookPath(r.URL.Path[len(prefix):], hook) {
+		// Only a claim may reach the hook (control_claimhook.go), so that
+		// the app can trust the session it receives there.
+		s.metrics.routeDenied.Inc()
+		writeError(w, http.StatusForbidden, "this path is the backend's claim hook: only spawner calls it")
+		return
+	}
 	if up.addr == "" {
 		// Authorized but still starting: hold the request a while (only now,
 		// so a request without the token is refused at once).

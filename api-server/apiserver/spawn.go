@@ -55,7 +55,8 @@ type SpawnRequest struct {
 	SecurityContext *corev1.SecurityContext `json:"securityContext,omitempty"`
 	// Pool names a BackendPool to claim a warm backend from (docs/pools.md);
 	// the backend is then the pool's template, and image, port, args,
-	// resources, env, idlePolicy and securityContext may not be given.
+	// resources, idlePolicy and securityContext may not be given; env only
+	// when the pool has a claim hook (it delivers env to a warm app).
 	Pool string `json:"pool,omitempty"`
 }
 
@@ -287,14 +288,7 @@ func keyedName(key string, generation int) string {
 // buildSlab turns a validated request into a SessionLivedBackend, without a
 // name; salt is the backend's access-token salt and tokenHash its hash.
 func (req *SpawnRequest) buildSlab(namespace, salt, tokenHash string) *spawnerv1.SessionLivedBackend {
-	env := make([]corev1.EnvVar, 0, len(req.Env))
-	for k, v := range req.Env {
-		env = append(env, corev1.EnvVar{Name: k, Value: v})
-	}
-	sort.Slice(env, func(i, j int) bool { return env[i].Name < env[j].Name })
-	if len(env) == 0 {
-		env = nil
-	}
+	env := sortedEnv(req.Env)
 	c := corev1.Container{Name: appContainerName, Image: req.Image, Args: req.Args, Env: env, SecurityContext: req.SecurityContext}
 	if req.Resources != nil {
 		c.Resources.Requests, _ = parseResourceList(nil, req.Resources.Requests)
@@ -348,6 +342,19 @@ func (req *SpawnRequest) buildSlab(namespace, salt, tokenHash string) *spawnerv1
 	}
 }
 
+// sortedEnv is a spawn's env as a container's, sorted by name (nil when empty).
+func sortedEnv(in map[string]string) []corev1.EnvVar {
+	if len(in) == 0 {
+		return nil
+	}
+	env := make([]corev1.EnvVar, 0, len(in))
+	for k, v := range in {
+		env = append(env, corev1.EnvVar{Name: k, Value: v})
+	}
+	sort.Slice(env, func(i, j int) bool { return env[i].Name < env[j].Name })
+	return env
+}
+
 // spec is the validated policy as the slab stores it (nil: the defaults).
 func (p *SpawnIdlePolicy) spec() *spawnerv1.IdlePolicy {
 	if p == nil || (p.WSIdleSeconds == nil && p.CountRequests == nil) {
@@ -384,9 +391,8 @@ func parseSpawn(r io.Reader, namespace, salt, tokenHash string) (*SpawnRequest, 
 }
 
 // validatePool checks a spawn naming a pool: the backend is the pool's
-// template, so what would change it is refused, and env above all — a warm
-// pod started before the spawn, so per-spawn env cannot be in its
-// environment. The fields a pool spawn shares with any spawn (key, labels,
+// template, so what would change it is refused (env only reaches a warm
+// pod through the pool's claim hook, which fromPool checks). The fields a pool spawn shares with any spawn (key, labels,
 // gracePeriodSeconds, maxLifetimeSeconds) get the same checks as always.
 func (req *SpawnRequest) validatePool() field.ErrorList {
 	var errs field.ErrorList
@@ -412,11 +418,9 @@ func (req *SpawnRequest) validatePool() field.ErrorList {
 	if req.SecurityContext != nil {
 		errs = append(errs, field.Forbidden(field.NewPath("securityContext"), fromPool))
 	}
-	if len(req.Env) > 0 {
-		errs = append(errs, field.Forbidden(field.NewPath("env"), fmt.Sprintf(
-			"pool %q has no claim hook: its warm backends started before this spawn, so per-spawn env cannot reach their environment", req.Pool)))
-	}
-	shared := SpawnRequest{Image: "localhost/pool-template", Key: req.Key, Labels: req.Labels,
+	// env is the claim hook's to deliver: whether the pool has one is
+	// fromPool's to check; its names get the usual checks here.
+	shared := SpawnRequest{Image: "localhost/pool-template", Key: req.Key, Labels: req.Labels, Env: req.Env,
 		GracePeriodSeconds: req.GracePeriodSeconds, MaxLifetimeSeconds: req.MaxLifetimeSeconds}
 	return append(errs, shared.Validate()...)
 }

@@ -32,7 +32,12 @@ func (c *Controller) closeClaim(ctx context.Context, slab *spawnerv1.SessionLive
 	}
 	bind := slab.Name
 	for _, pod := range c.claimedPods(slab) {
-		if pod.DeletionTimestamp == nil && pod.Status.Phase != corev1.PodFailed && pod.Status.Phase != corev1.PodSucceeded {
+		// Only a pod labelled with the backend is finished: a pool with a
+		// claim hook labels its pod once the hook succeeded, so a pod
+		// taken without the label may have refused the session (or not
+		// received it yet); it stays a stray, deleted once bound.
+		if pod.Labels[spawnerv1.LabelBackend] == slab.Name && pod.DeletionTimestamp == nil &&
+			pod.Status.Phase != corev1.PodFailed && pod.Status.Phase != corev1.PodSucceeded {
 			bind = pod.Name
 			break
 		}
@@ -56,17 +61,25 @@ func (c *Controller) closeClaim(ctx context.Context, slab *spawnerv1.SessionLive
 }
 
 // claimedPods are the pods, from the cache, that a claim for slab took:
-// labelled with the slab's name and controlled by it.
+// controlled by it and labelled with its name, or (a pool with a claim hook,
+// before the hook succeeded) with its pool.
 func (c *Controller) claimedPods(slab *spawnerv1.SessionLivedBackend) []*corev1.Pod {
-	sel := labels.SelectorFromSet(labels.Set{spawnerv1.LabelBackend: slab.Name})
-	pods, err := c.pods.Pods(slab.Namespace).List(sel)
-	if err != nil {
-		return nil
+	sets := []labels.Set{{spawnerv1.LabelBackend: slab.Name}}
+	if pool := slab.Annotations[spawnerv1.AnnotationPool]; pool != "" {
+		sets = append(sets, labels.Set{spawnerv1.LabelPool: pool})
 	}
 	var out []*corev1.Pod
-	for _, p := range pods {
-		if metav1.IsControlledBy(p, slab) {
-			out = append(out, p)
+	seen := map[string]bool{}
+	for _, set := range sets {
+		pods, err := c.pods.Pods(slab.Namespace).List(labels.SelectorFromSet(set))
+		if err != nil {
+			continue
+		}
+		for _, p := range pods {
+			if !seen[p.Name] && metav1.IsControlledBy(p, slab) {
+				seen[p.Name] = true
+				out = append(out, p)
+			}
 		}
 	}
 	return out

@@ -42,6 +42,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &spawnerv1.BackendPoolSpecApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("BackendPoolStatus"):
 		return &spawnerv1.BackendPoolStatusApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("ClaimHook"):
+		return &spawnerv1.ClaimHookApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("IdlePolicy"):
 		return &spawnerv1.IdlePolicyApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("PodMetadata"):

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -71,6 +72,44 @@ type BackendPoolSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +optional
 	MaxLifetimeSeconds *int64 `json:"maxLifetimeSeconds,omitempty"`
+
+	// ClaimHook, when set, is where a claimed warm backend's app learns its
+	// session: before the backend is bound (and so before it is Ready), the
+	// api-server POSTs the spawn's key, env and labels as JSON to this path
+	// on the app, through its sidecar. A hook that fails or times out fails
+	// the claim: that pod is deleted and the spawn tries another warm pod or
+	// starts cold. Without a claim hook a spawn naming the pool may not give
+	// env. Changing it does not replace the warm pods (docs/pools.md).
+	// +optional
+	ClaimHook *ClaimHook `json:"claimHook,omitempty"`
+}
+
+// ClaimHook is an HTTP endpoint of the pool's app that receives a claim's
+// session (docs/pools.md, "Claim hook").
+type ClaimHook struct {
+	// Path is the absolute HTTP path on the app, e.g. /spawner/claim. The
+	// router refuses outside requests to it, so only a claim reaches it.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^/[^/?#\s][^?#\s]*$`
+	Path string `json:"path"`
+
+	// TimeoutSeconds bounds one call of the hook; a call that takes longer
+	// fails the claim of that pod.
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10
+	// +optional
+	TimeoutSeconds int32 `json:"timeoutSeconds,omitempty"`
+}
+
+// Timeout is TimeoutSeconds with the API server's default (2 s).
+func (h *ClaimHook) Timeout() time.Duration {
+	if h.TimeoutSeconds <= 0 {
+		return DefaultClaimHookTimeoutSeconds * time.Second
+	}
+	return time.Duration(h.TimeoutSeconds) * time.Second
 }
 
 // BackendPoolStatus is what the controller observed about the pool's pods.

@@ -31,6 +31,12 @@ const (
 	// AnnotationPod on a SessionLivedBackend names its pod when that is not
 	// the slab's own name (a claimed warm pod); PodNameOf reads it.
 	AnnotationPod = "spawner.dev/pod"
+	// AnnotationClaimHookPath on a SessionLivedBackend claimed from a pool
+	// with a claim hook copies the hook's path at spawn time: the router
+	// refuses outside requests to it, so only the claim reaches the hook.
+	AnnotationClaimHookPath = "spawner.dev/claim-hook-path"
+	// DefaultClaimHookTimeoutSeconds is a claim hook's timeoutSeconds default.
+	DefaultClaimHookTimeoutSeconds = 2
 	// AnnotationAccessTokenHash on a SessionLivedBackend is the hex SHA-256 of
 	// the token browsers present; the token itself is never stored.
 	AnnotationAccessTokenHash = "spawner.dev/access-token-sha256"

@@ -39,6 +39,14 @@ type BackendPoolSpecApplyConfiguration struct {
 	// MaxLifetimeSeconds, when set, is a claimed backend's hard limit,
 	// counted from its claim.
 	MaxLifetimeSeconds *int64 `json:"maxLifetimeSeconds,omitempty"`
+	// ClaimHook, when set, is where a claimed warm backend's app learns its
+	// session: before the backend is bound (and so before it is Ready), the
+	// api-server POSTs the spawn's key, env and labels as JSON to this path
+	// on the app, through its sidecar. A hook that fails or times out fails
+	// the claim: that pod is deleted and the spawn tries another warm pod or
+	// starts cold. Without a claim hook a spawn naming the pool may not give
+	// env. Changing it does not replace the warm pods (docs/pools.md).
+	ClaimHook *ClaimHookApplyConfiguration `json:"claimHook,omitempty"`
 }
 
 // BackendPoolSpecApplyConfiguration constructs a declarative configuration of the BackendPoolSpec type for use with
@@ -84,5 +92,13 @@ func (b *BackendPoolSpecApplyConfiguration) WithGracePeriodSeconds(value int64) 
 // If called multiple times, the MaxLifetimeSeconds field is set to the value of the last call.
 func (b *BackendPoolSpecApplyConfiguration) WithMaxLifetimeSeconds(value int64) *BackendPoolSpecApplyConfiguration {
 	b.MaxLifetimeSeconds = &value
+	return b
+}
+
+// WithClaimHook sets the ClaimHook field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ClaimHook field is set to the value of the last call.
+func (b *BackendPoolSpecApplyConfiguration) WithClaimHook(value *ClaimHookApplyConfiguration) *BackendPoolSpecApplyConfiguration {
+	b.ClaimHook = value
 	return b
 }
