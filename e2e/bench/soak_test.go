@@ -4,14 +4,12 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,16 +31,8 @@ import (
 // WebSocket and SSE clients following a scripted mix for M minutes while the
 // controller, one api-server replica and the sweeper are each killed at
 // least twice. Every verdict comes from the clients' own records of what
-// they did and when, and from a watch of the slabs.
-const (
-	soakGrace  = 20 * time.Second // every backend's gracePeriodSeconds
-	soakWSIdle = 10               // wsIdleSeconds of the "silent" backends
-	// soakSlack is the margin the verdicts allow for the hop between a
-	// client's clock and the sidecar's (the same machine) and for the watch:
-	// a sweep more than this before last activity + grace is false, more
-	// than 2 s after it is missed.
-	soakSlack = time.Second
-)
+// they did and when, and from a watch of the slabs (soakrecord_test.go).
+const soakWSIdle = 10 // wsIdleSeconds of the "silent" backends
 
 // The scripted mix, by backend index mod 5.
 var soakKinds = []string{
@@ -55,62 +45,14 @@ var soakKinds = []string{
 
 // soakClient is one backend's client and its record.
 type soakClient struct {
+	soakRecord
 	b    framework.SpawnResponse
 	kind string
 	i    int
-
-	mu sync.Mutex
-	// holding: a connection that keeps the backend alive is open (for
-	// "silent", frames are still flowing). lastActive: the client's last act
-	// that counts (a frame, an open, a close, the end of a request).
-	holding    bool
-	lastActive time.Time
-	done       bool        // the client has left for good (its backend may be swept)
-	sweptAt    time.Time   // when the watch first saw the slab Swept
-	errors     []soakError // client-visible errors before any sweep
-	falseSweep string
 }
 
-type soakError struct {
-	at  time.Time
-	msg string
-}
-
-func (c *soakClient) active(holding bool) {
-	c.mu.Lock()
-	c.holding, c.lastActive = holding, time.Now()
-	c.mu.Unlock()
-}
-
-func (c *soakClient) fail(format string, args ...any) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.sweptAt.IsZero() {
-		c.errors = append(c.errors, soakError{time.Now(), fmt.Sprintf(format, args...)})
-	}
-}
-
-func (c *soakClient) swept() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return !c.sweptAt.IsZero()
-}
-
-// observeSweep is the watch's report; the verdict on a false sweep is made
-// from the client's state at that moment.
-func (c *soakClient) observeSweep(at time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.sweptAt.IsZero() {
-		return
-	}
-	c.sweptAt = at
-	switch {
-	case c.holding:
-		c.falseSweep = "swept while the client held a connection open"
-	case at.Before(c.lastActive.Add(soakGrace - soakSlack)):
-		c.falseSweep = fmt.Sprintf("swept %v after the client's last activity, grace is %v", at.Sub(c.lastActive).Round(time.Millisecond), soakGrace)
-	}
+func (c *soakClient) failf(format string, args ...any) {
+	c.fail(time.Now(), fmt.Sprintf(format, args...))
 }
 
 func soakEnvInt(name string, def int) int {
@@ -145,12 +87,12 @@ func (c *soakClient) wsSession(ctx context.Context, t testing.TB, until time.Tim
 			if resp != nil {
 				code = resp.StatusCode
 			}
-			c.fail("%s dial: %v (HTTP %d)", time.Now().Format("15:04:05"), err, code)
+			c.failf("%s dial: %v (HTTP %d)", time.Now().Format("15:04:05"), err, code)
 			time.Sleep(500 * time.Millisecond)
 		}
 		return false
 	}
-	c.active(holding)
+	c.active(holding, time.Now())
 	broken := make(chan error, 1)
 	go func() {
 		for {
@@ -176,26 +118,26 @@ func (c *soakClient) wsSession(ctx context.Context, t testing.TB, until time.Tim
 		case <-end.C:
 			conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
 			conn.Close()
-			c.active(false)
+			c.active(false, time.Now())
 			return true
 		case err := <-broken:
 			conn.Close()
 			if ctx.Err() == nil && !c.swept() {
-				c.fail("%s connection lost: %v", time.Now().Format("15:04:05"), err)
+				c.failf("%s connection lost: %v", time.Now().Format("15:04:05"), err)
 			}
-			c.active(false)
+			c.broke(time.Now())
 			return false
 		case <-tick:
 			conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 			if err := conn.WriteMessage(websocket.TextMessage, []byte("soak")); err != nil {
 				if ctx.Err() == nil && !c.swept() {
-					c.fail("%s write: %v", time.Now().Format("15:04:05"), err)
+					c.failf("%s write: %v", time.Now().Format("15:04:05"), err)
 				}
 				conn.Close()
-				c.active(false)
+				c.broke(time.Now())
 				return false
 			}
-			c.active(holding)
+			c.active(holding, time.Now())
 		}
 	}
 }
@@ -208,7 +150,7 @@ func (c *soakClient) sseSession(ctx context.Context, t testing.TB, until time.Ti
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		if ctx.Err() == nil && time.Now().Before(until) && !c.swept() {
-			c.fail("%s SSE request: %v %v", time.Now().Format("15:04:05"), err, resp)
+			c.failf("%s SSE request: %v %v", time.Now().Format("15:04:05"), err, resp)
 			time.Sleep(500 * time.Millisecond)
 		}
 		if resp != nil {
@@ -216,15 +158,19 @@ func (c *soakClient) sseSession(ctx context.Context, t testing.TB, until time.Ti
 		}
 		return false
 	}
-	c.active(true)
+	c.active(true, time.Now())
 	buf := make([]byte, 512)
 	for {
 		if _, err := resp.Body.Read(buf); err != nil {
 			resp.Body.Close()
 			planned := rctx.Err() != nil
-			c.active(false)
-			if !planned && !c.swept() {
-				c.fail("%s SSE stream broke: %v", time.Now().Format("15:04:05"), err)
+			if planned {
+				c.active(false, time.Now())
+			} else {
+				if !c.swept() {
+					c.failf("%s SSE stream broke: %v", time.Now().Format("15:04:05"), err)
+				}
+				c.broke(time.Now())
 			}
 			return planned
 		}
@@ -266,12 +212,6 @@ func (c *soakClient) run(ctx context.Context, t testing.TB, start, end time.Time
 			c.sseSession(ctx, t, until)
 		}
 	}
-	c.mu.Lock()
-	c.done = true
-	if c.holding {
-		c.holding = false
-	}
-	c.mu.Unlock()
 }
 
 // kill deletes one pod of a component at once (no grace), as a crash would,
@@ -330,30 +270,6 @@ func soakKill(t testing.TB, e *framework.Env, component string) (killed time.Tim
 	return killed, time.Since(killed)
 }
 
-// waitReady follows the status stream until Ready; it returns why not
-// ("" when Ready).
-func waitReady(e *framework.Env, name string, within time.Duration) string {
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	for ctx.Err() == nil {
-		req, _ := http.NewRequestWithContext(ctx, "GET", e.Control+"/backend/"+name+"/status", nil)
-		req.Header.Set("Authorization", "Bearer "+e.Token)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			var st framework.StatusEvent
-			json.NewDecoder(resp.Body).Decode(&st)
-			resp.Body.Close()
-			switch st.State {
-			case "Ready":
-				return ""
-			case "Failed", "Swept", "Terminating":
-				return st.State + " (" + st.Reason + ": " + st.Message + ")"
-			}
-		}
-		time.Sleep(time.Second)
-	}
-	return "not Ready within " + within.String()
-}
-
 // TestSoak: see the constants above; SPAWNER_SOAK=1 runs it (make soak).
 func TestSoak(t *testing.T) {
 	if os.Getenv("SPAWNER_SOAK") == "" {
@@ -361,44 +277,167 @@ func TestSoak(t *testing.T) {
 	}
 	n := soakEnvInt("SPAWNER_SOAK_BACKENDS", 100)
 	minutes := soakEnvInt("SPAWNER_SOAK_MINUTES", 20)
-	spawned := n
 	e := framework.Deployed(t)
+	loadStart := loadAverage()
+	began := time.Now()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 
-	// Spawn, ten at a time, and wait for every backend to be Ready.
-	clients := make([]*soakClient, n)
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 10)
+	// The watch runs from before the first spawn: it starts each client the
+	// moment its backend is Ready (a client that waited for others would
+	// leave its backend idle past grace), reports sweeps to the records, and
+	// counts which writes were activity updates.
+	var (
+		wmu            sync.Mutex
+		byName         = map[string]*soakClient{}
+		readyCh        = map[string]chan string{} // "" when Ready, else why not
+		start, end     time.Time                  // the measured window (set after the ramp)
+		activityWrites int
+		otherWrites    int
+		perMinute      = map[int]int{}
+	)
+	client := func(name string) (*soakClient, chan string) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		return byName[name], readyCh[name]
+	}
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		last := map[string]*spawnerv1.SessionLivedBackend{}
+		signalled := map[string]bool{}
+		rv := ""
+		for ctx.Err() == nil {
+			// Resumed from the last resourceVersion seen: a sweep that
+			// happened while the watch was being re-established is not lost.
+			wi, err := e.Spawner.SpawnerV1().SessionLivedBackends(framework.BackendNamespace).Watch(ctx, metav1.ListOptions{ResourceVersion: rv, AllowWatchBookmarks: true})
+			if err != nil {
+				time.Sleep(time.Second)
+				continue
+			}
+			for ev := range wi.ResultChan() {
+				if ev.Type == watch.Error {
+					rv = "" // too old: start from a fresh list
+					break
+				}
+				s, ok := ev.Object.(*spawnerv1.SessionLivedBackend)
+				if !ok {
+					continue
+				}
+				rv = s.ResourceVersion
+				c, ready := client(s.Name)
+				if c == nil {
+					continue
+				}
+				now := time.Now()
+				if !signalled[s.Name] {
+					why, final := "", false
+					switch s.Status.Phase {
+					case lifecycle.Ready:
+						final = true
+					case lifecycle.Failed, lifecycle.Swept, lifecycle.Terminating:
+						why, final = string(s.Status.Phase), true
+						for _, cond := range s.Status.Conditions {
+							if cond.Status == metav1.ConditionTrue && cond.Reason != "" {
+								why += " (" + cond.Reason + ": " + cond.Message + ")"
+							}
+						}
+					}
+					if ev.Type == watch.Deleted {
+						why, final = "deleted", true
+					}
+					if final {
+						signalled[s.Name] = true
+						ready <- why
+					}
+				}
+				if ev.Type == watch.Deleted || s.Status.Phase == lifecycle.Swept || s.Status.Phase == lifecycle.Terminating {
+					c.observeSweep(now)
+				}
+				wmu.Lock()
+				if ev.Type == watch.Modified && !start.IsZero() && now.After(start) && now.Before(end) {
+					prev := last[s.Name]
+					if prev != nil && equality.Semantic.DeepEqual(prev.Status.Conditions, s.Status.Conditions) &&
+						!equality.Semantic.DeepEqual(prev.Status.Activity, s.Status.Activity) {
+						activityWrites++
+						perMinute[int(now.Sub(start)/time.Minute)]++
+					} else {
+						otherWrites++
+					}
+				}
+				wmu.Unlock()
+				last[s.Name] = s
+			}
+		}
+	}()
+	// Missed sweeps are noted as they happen (soakRecord.checkOverdue).
+	go func() {
+		tk := time.NewTicker(250 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-tk.C:
+				wmu.Lock()
+				cs := make([]*soakClient, 0, len(byName))
+				for _, c := range byName {
+					cs = append(cs, c)
+				}
+				wmu.Unlock()
+				for _, c := range cs {
+					c.checkOverdue(now)
+				}
+			}
+		}
+	}()
+
+	// The ramp: at most 20 backends spawned and not yet Ready (all at once
+	// left the node's kubelet creating 100 pods together: 2 of 100 timed
+	// out). A backend that does not start (the node overloaded:
+	// StartupTimeout) is not part of the soak: it is reported as what did
+	// not fit.
+	var (
+		smu        sync.Mutex
+		notStarted []string
+		started    []*soakClient
+		cwg, rwg   sync.WaitGroup
+	)
+	sem := make(chan struct{}, 20)
 	spawnStart := time.Now()
-	for i := range clients {
+	for i := range n {
 		kind := soakKinds[i%len(soakKinds)]
 		req := framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(int64(soakGrace / time.Second))}
 		if kind == "silent" {
 			req.IdlePolicy = &framework.IdlePolicy{WSIdleSeconds: framework.Seconds(soakWSIdle)}
 		}
-		clients[i] = &soakClient{b: e.Spawn(t, req), kind: kind, i: i / len(soakKinds)}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var cwg sync.WaitGroup
-	// A backend that fails to start (the node overloaded: StartupTimeout)
-	// is not part of the soak: it is reported as what did not fit.
-	var startMu sync.Mutex
-	var notStarted []string
-	for _, c := range clients {
-		wg.Add(1)
 		sem <- struct{}{}
+		c := &soakClient{b: e.Spawn(t, req), kind: kind, i: i / len(soakKinds)}
+		ch := make(chan string, 1)
+		wmu.Lock()
+		byName[c.b.Name], readyCh[c.b.Name] = c, ch
+		wmu.Unlock()
+		rwg.Add(1)
 		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if why := waitReady(e, c.b.Name, 10*time.Minute); why != "" {
-				startMu.Lock()
+			defer rwg.Done()
+			var why string
+			select {
+			case why = <-ch:
+			case <-time.After(10 * time.Minute):
+				why = "not Ready within 10m0s"
+			}
+			<-sem
+			smu.Lock()
+			defer smu.Unlock()
+			if why != "" {
 				notStarted = append(notStarted, c.b.Name+": "+why)
-				startMu.Unlock()
+				wmu.Lock()
+				delete(byName, c.b.Name)
+				wmu.Unlock()
 				return
 			}
-			// The client starts as soon as its backend is Ready (waiting
-			// for all would leave the first ones idle past their grace) and
-			// plays its script over the next M minutes.
+			started = append(started, c)
+			// The client plays its script over the next M minutes.
 			cwg.Add(1)
 			go func() {
 				defer cwg.Done()
@@ -407,60 +446,14 @@ func TestSoak(t *testing.T) {
 			}()
 		}()
 	}
-	wg.Wait()
-	byName := map[string]*soakClient{}
-	started := clients[:0:0]
-	for _, c := range clients {
-		if !slices.ContainsFunc(notStarted, func(s string) bool { return strings.HasPrefix(s, c.b.Name+":") }) {
-			byName[c.b.Name] = c
-			started = append(started, c)
-		}
-	}
-	clients = started
-	t.Logf("%d of %d backends Ready in %v; did not start: %v", len(clients), n, time.Since(spawnStart).Round(time.Second), notStarted)
-
-	// The watch: sweeps, and which writes were activity updates.
-	var (
-		wmu            sync.Mutex
-		activityWrites int
-		otherWrites    int
-		perMinute      = map[int]int{}
-	)
-	start := time.Now()
-	end := start.Add(time.Duration(minutes) * time.Minute)
-	go func() {
-		last := map[string]*spawnerv1.SessionLivedBackend{}
-		for ctx.Err() == nil {
-			wi, err := e.Spawner.SpawnerV1().SessionLivedBackends(framework.BackendNamespace).Watch(ctx, metav1.ListOptions{})
-			if err != nil {
-				time.Sleep(time.Second)
-				continue
-			}
-			for ev := range wi.ResultChan() {
-				s, ok := ev.Object.(*spawnerv1.SessionLivedBackend)
-				if !ok || byName[s.Name] == nil {
-					continue
-				}
-				now := time.Now()
-				if ev.Type == watch.Deleted || s.Status.Phase == lifecycle.Swept || s.Status.Phase == lifecycle.Terminating {
-					byName[s.Name].observeSweep(now)
-				}
-				if ev.Type == watch.Modified && now.Before(end) {
-					prev := last[s.Name]
-					wmu.Lock()
-					if prev != nil && equality.Semantic.DeepEqual(prev.Status.Conditions, s.Status.Conditions) &&
-						!equality.Semantic.DeepEqual(prev.Status.Activity, s.Status.Activity) {
-						activityWrites++
-						perMinute[int(now.Sub(start)/time.Minute)]++
-					} else {
-						otherWrites++
-					}
-					wmu.Unlock()
-				}
-				last[s.Name] = s
-			}
-		}
-	}()
+	rwg.Wait()
+	clients := started
+	rampTime := time.Since(spawnStart)
+	t.Logf("%d of %d backends Ready in %v; did not start: %v", len(clients), n, rampTime.Round(time.Second), notStarted)
+	wmu.Lock()
+	start = time.Now()
+	end = start.Add(time.Duration(minutes) * time.Minute)
+	wmu.Unlock()
 
 	// The kills: controller, api-server, sweeper, twice each, spread out.
 	type kill struct {
@@ -489,13 +482,18 @@ func TestSoak(t *testing.T) {
 
 	cwg.Wait()
 	<-killsDone
-	// Sweeps due before the end get grace + a margin to be seen.
-	time.Sleep(5 * time.Second)
+	// Every client has left: each backend is due grace after its last
+	// activity; the watch and the overdue check run until all are due and
+	// past the missed margin.
+	time.Sleep(soakGrace + soakMissAfter + 3*time.Second)
 	cancel()
+	<-watchDone
+	finished := time.Now()
+	loadEnd := loadAverage()
 
 	// Verdicts from the clients' records.
 	var falseSweeps, missed, errs []string
-	var lateness []time.Duration
+	var all, outsideOutage []time.Duration
 	sweeperDown := func(at time.Time) bool {
 		for _, k := range kills {
 			if k.component == "spawner-sweeper" && !at.Before(k.at) && at.Before(k.at.Add(k.back+2*time.Second)) {
@@ -504,12 +502,17 @@ func TestSoak(t *testing.T) {
 		}
 		return false
 	}
-	duringOutage := 0
-	swept := 0
+	missedInOutage, sweptInOutage, beforeClient := 0, 0, 0
+	var perBackend strings.Builder
 	for _, c := range clients {
+		v := c.verdict()
 		c.mu.Lock()
-		if c.falseSweep != "" {
-			falseSweeps = append(falseSweeps, c.b.Name+" ("+c.kind+"): "+c.falseSweep)
+		if c.lastActive.IsZero() && !c.sweptAt.IsZero() {
+			// Swept before its client ever connected: the client did not
+			// dial within grace of the backend's start.
+			beforeClient++
+			c.mu.Unlock()
+			continue
 		}
 		for _, m := range c.errors {
 			// A connection cut by the pod's deletion a moment before the
@@ -519,66 +522,78 @@ func TestSoak(t *testing.T) {
 			}
 			errs = append(errs, c.b.Name+" ("+c.kind+"): "+m.msg)
 		}
-		if !c.sweptAt.IsZero() {
-			swept++
-		}
-		due := c.lastActive.Add(soakGrace)
-		if !c.holding && c.falseSweep == "" && due.Add(2*time.Second).Before(end) && c.kind != "active" && c.kind != "reconnecting" && !(c.kind == "sse" && c.i%2 == 0) {
-			late := c.sweptAt.Sub(due)
-			if c.sweptAt.IsZero() {
-				late = end.Sub(due)
-			}
-			lateness = append(lateness, late)
-			if late > 2*time.Second {
-				if sweeperDown(due) {
-					duringOutage++
-				} else {
-					missed = append(missed, fmt.Sprintf("%s (%s): idle since %s, swept %v after its deadline", c.b.Name, c.kind, c.lastActive.Format("15:04:05.000"), late.Round(time.Millisecond)))
-				}
-			}
-		}
 		c.mu.Unlock()
-	}
-	sort.Slice(lateness, func(i, j int) bool { return lateness[i] < lateness[j] })
-	pct := func(p float64) time.Duration {
-		if len(lateness) == 0 {
-			return 0
+		if v.falseSweep != "" {
+			falseSweeps = append(falseSweeps, c.b.Name+" ("+c.kind+"): "+v.falseSweep)
+			continue
 		}
-		return lateness[min(len(lateness)-1, int(p*float64(len(lateness))))].Round(time.Millisecond)
+		inOutage := (v.swept || v.missed) && sweeperDown(v.due)
+		if v.swept {
+			all = append(all, v.late)
+			if inOutage {
+				sweptInOutage++
+			} else {
+				outsideOutage = append(outsideOutage, v.late)
+			}
+			fmt.Fprintf(&perBackend, "| %s | %s | %s | %v |%s\n", c.b.Name, c.kind, v.due.Format("15:04:05.000"), v.late.Round(time.Millisecond), map[bool]string{true: " due in a sweeper restart"}[inOutage])
+		}
+		if v.missed {
+			if inOutage {
+				missedInOutage++
+			} else if v.swept {
+				missed = append(missed, fmt.Sprintf("%s (%s): due %s, swept %v after it", c.b.Name, c.kind, v.due.Format("15:04:05.000"), v.late.Round(time.Millisecond)))
+			} else {
+				missed = append(missed, fmt.Sprintf("%s (%s): due %s, not swept", c.b.Name, c.kind, v.due.Format("15:04:05.000")))
+			}
+		}
 	}
-	dur := end.Sub(start)
+	la, lo := summarizeLateness(all), summarizeLateness(outsideOutage)
 	wmu.Lock()
-	rate := float64(activityWrites) / dur.Seconds()
-	n = len(clients)
+	rate := float64(activityWrites) / end.Sub(start).Seconds()
 	maxMinute := 0
 	for _, v := range perMinute {
 		maxMinute = max(maxMinute, v)
 	}
 	wmu.Unlock()
+	r := func(d time.Duration) string { return fmt.Sprint(d.Round(time.Millisecond)) }
 	report := fmt.Sprintf(`| figure | value |
 | --- | --- |
-| backends spawned / Ready (mix: %s, 1/5 each) | %d / %d |
-| duration | %v |
-| kills (each component twice) | %d |
-| sweeps seen | %d (due: %d) |
-| false sweeps | %d |
-| missed sweeps (idle past grace + 2 s, not swept) | %d |
-| late sweeps whose deadline fell in a sweeper restart | %d |
-| sweep delay after grace (p50 / p90 / max) | %v / %v / %v |
+| command | make soak SOAK_BACKENDS=%d SOAK_MINUTES=%d |
+| run (UTC) | %s – %s; load average %s at the start, %s at the end |
+| backends spawned / Ready (mix: %s, 1/5 each; ≤ 20 starting at once) | %d / %d in %v (did not start: %d) |
+| measured window after the ramp | %v |
+| kills (controller leader, an api-server replica, the sweeper; each twice) | %d |
+| false sweeps (swept while a client held it, or > %v before last activity + grace) | %d |
+| missed sweeps (idle past grace + %v and not swept, due outside a sweeper restart) | %d |
+| sweeps seen (each judged against its client's last activity + grace) | %d |
+| delay past due, all sweeps (p50 / p99 / max; earliest) | %s / %s / %s; %s |
+| sweeps within %v of due, all | %d of %d |
+| sweeps whose due time fell in a sweeper restart (late or missed there) | %d swept, %d past grace + %v |
+| delay past due, the other sweeps (p50 / p99 / max) | %s / %s / %s |
+| sweeps within %v of due, the other sweeps | %d of %d |
+| swept before its client first connected | %d |
 | client-visible errors | %d |
-| activity writes to the API server | %d (%.2f/s, %.4f per backend per second; busiest minute %d) |
+| activity writes to the API server (in the measured window) | %d (%.2f/s, %.4f per backend per second; busiest minute %d) |
 | other slab writes (lifecycle) | %d |
-`, strings.Join(soakKinds, ", "), spawned, len(clients), dur.Round(time.Second), len(kills), swept, len(lateness), len(falseSweeps), len(missed), duringOutage,
-		pct(0.5), pct(0.9), pct(1), len(errs), activityWrites, rate, rate/float64(n), maxMinute, otherWrites)
+`, n, minutes, began.UTC().Format("2006-01-02 15:04"), finished.UTC().Format("15:04"), loadStart, loadEnd,
+		strings.Join(soakKinds, ", "), n, len(clients), rampTime.Round(time.Second), len(notStarted), end.Sub(start).Round(time.Second), len(kills),
+		soakSlack, len(falseSweeps), soakMissAfter, len(missed), la.n, r(la.p50), r(la.p99), r(la.max), r(la.early), soakOnTime, la.onTime, la.n,
+		sweptInOutage, missedInOutage, soakMissAfter, r(lo.p50), r(lo.p99), r(lo.max), soakOnTime, lo.onTime, lo.n,
+		beforeClient, len(errs), activityWrites, rate, rate/float64(max(len(clients), 1)), maxMinute, otherWrites)
 	t.Logf("soak report:\n%s", report)
 	for _, k := range kills {
 		t.Logf("kill: %s at +%v, back after %v", k.component, k.at.Sub(start).Round(time.Second), k.back.Round(100*time.Millisecond))
 	}
+	for _, m := range notStarted {
+		t.Logf("did not start: %s", m)
+	}
 	for _, m := range errs {
 		t.Logf("client error: %s", m)
 	}
+	perBackendTable := "\nEach sweep (backend, kind, due = client's last activity + grace, delay past due):\n\n| backend | kind | due | delay |\n| --- | --- | --- | --- |\n" + perBackend.String()
+	t.Logf("%s", perBackendTable)
 	if path := os.Getenv("SPAWNER_SOAK_REPORT"); path != "" {
-		os.WriteFile(path, []byte(report), 0o644)
+		os.WriteFile(path, []byte(report+perBackendTable), 0o644)
 	}
 	for _, f := range falseSweeps {
 		t.Errorf("false sweep: %s", f)
