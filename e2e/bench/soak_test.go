@@ -368,6 +368,7 @@ func TestSoak(t *testing.T) {
 				wmu.Unlock()
 				last[s.Name] = s
 			}
+			wi.Stop()
 		}
 	}()
 	// Missed sweeps are noted as they happen (soakRecord.checkOverdue).
