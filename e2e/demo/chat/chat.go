@@ -20,6 +20,16 @@ const maxMessageBytes = 32 << 20
 //go:embed index.html
 var indexHTML []byte
 
+// fetchHTML is GET /fetch?url=U: a page whose script fetches U with the
+// browser's cookies and shows what it could read ("read" and the answer)
+// or that the browser withheld it ("blocked" and the error). It shows, in a
+// real browser, what a page served by one backend can read of another
+// (api-server/test, TestHostModeIsolatesOriginsInChromium). It writes the
+// answer as text, never as markup, and sends nothing anywhere else.
+//
+//go:embed fetch.html
+var fetchHTML []byte
+
 // Room relays messages among its members and counts what it served, so tests
 // can tell whether a request ever reached the backend.
 type Room struct {
@@ -54,6 +64,10 @@ func (r *Room) Handler() http.Handler {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Write(indexHTML)
+	})
+	mux.HandleFunc("GET /fetch", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Write(fetchHTML)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /headers", func(w http.ResponseWriter, req *http.Request) {

@@ -94,3 +94,24 @@ func waitForMembers(t *testing.T, server *httptest.Server, n int64) {
 	}
 	t.Fatalf("room never had %d members", n)
 }
+
+// TestFetchPageShowsTheOutcomeAsText: GET /fetch is the page the origin
+// isolation test loads; it reports in #outcome and writes what it read as
+// text (a page that put another backend's answer into its markup would run
+// that backend's scripts).
+func TestFetchPageShowsTheOutcomeAsText(t *testing.T) {
+	server := httptest.NewServer(NewRoom().Handler())
+	defer server.Close()
+	resp, err := http.Get(server.URL + "/fetch?url=/headers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page bytes.Buffer
+	page.ReadFrom(resp.Body)
+	s := page.String()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") ||
+		!strings.Contains(s, `id="outcome"`) || !strings.Contains(s, `credentials: "include"`) || strings.Contains(s, "innerHTML") {
+		t.Fatalf("GET /fetch: %d %s\n%s", resp.StatusCode, resp.Header.Get("Content-Type"), s)
+	}
+}
