@@ -10,6 +10,8 @@
 # Names (default: every component present, plus spawner-pause):
 #   spawner-controller (controller/)  spawner-sidecar (sidecar/)  spawner-sweeper (sweeper/)
 #   spawner-api (api-server/)  spawner-demo (e2e/demo/)  spawner-pause, spawner-hello (scripts/images/)
+#   spawner-demo-root: the demo as uid 0 (USER 0:0), for the test that a root image without a
+#   security context runs under the controller's restricted defaults (api-server/test)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -18,7 +20,7 @@ names=()
 for a in "$@"; do
 	case "$a" in
 	--no-load) load=0 ;;
-	-h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,16p' "$0"; exit 0 ;;
 	-*) die "unknown option $a" ;;
 	*) names+=("$a") ;;
 	esac
@@ -27,10 +29,12 @@ done
 # name -> source package directory (relative to the repository root) and module dir for GOWORK
 declare -A SRC=(
 	[spawner-controller]=controller [spawner-sidecar]=sidecar [spawner-sweeper]=sweeper
-	[spawner-api]=api-server [spawner-demo]=e2e/demo
+	[spawner-api]=api-server [spawner-demo]=e2e/demo [spawner-demo-root]=e2e/demo
 	[spawner-pause]=scripts/images/pause [spawner-hello]=scripts/images/hello
 )
-COMPONENT_ORDER=(spawner-controller spawner-sidecar spawner-sweeper spawner-api spawner-demo)
+# name -> the uid (and gid) its image runs as, when not imagebuilder's 65532
+declare -A UID_OF=([spawner-demo-root]=0)
+COMPONENT_ORDER=(spawner-controller spawner-sidecar spawner-sweeper spawner-api spawner-demo spawner-demo-root)
 
 if [ ${#names[@]} = 0 ]; then
 	for n in "${COMPONENT_ORDER[@]}"; do
@@ -69,7 +73,7 @@ for n in "${names[@]}"; do
 	[ -n "$src" ] || die "unknown image '$n' (known: ${!SRC[*]})"
 	[ -f "$SPAWNER_ROOT/$src/main.go" ] || die "$src/main.go does not exist; cannot build $n"
 	tar=$OUT/images/$n.tar
-	h=$(inputs_hash "$n")
+	h=$(inputs_hash "$n")-uid${UID_OF[$n]:-65532}
 	if [ -f "$tar" ] && [ "$(cat "$tar.inputs" 2>/dev/null)" = "$h" ]; then
 		echo "==> $n: inputs unchanged, reusing $tar"
 		built+=("$n")
@@ -81,7 +85,7 @@ for n in "${names[@]}"; do
 	*) (cd "$SPAWNER_ROOT" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/$n" "./$src") >"$blog" 2>&1 ;;
 	esac || { tail -n 20 "$blog" >&2; die "go build of $n (./$src) failed; log: $blog"; }
 	rev=$(git -C "$SPAWNER_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-	"$IB" -binary "$OUT/bin/$n" -name "$n" -tag "localhost/$n:dev" -out "$tar" \
+	"$IB" -binary "$OUT/bin/$n" -name "$n" -tag "localhost/$n:dev" -out "$tar" -uid "${UID_OF[$n]:-65532}" \
 		-label "org.opencontainers.image.title=$n" \
 		-label "org.opencontainers.image.source=https://spawner.dev" \
 		-label "org.opencontainers.image.revision=$rev" \

@@ -64,11 +64,13 @@ func RepoRoot(t testing.TB) string {
 }
 
 // Images scripts/build-images.sh loads into the cluster, for tests that start
-// backends; SPAWNER_TEST_DEMO_IMAGE and SPAWNER_TEST_SIDECAR_IMAGE override
-// them (on kind, for images pushed elsewhere).
+// backends; SPAWNER_TEST_DEMO_IMAGE, SPAWNER_TEST_DEMO_ROOT_IMAGE and
+// SPAWNER_TEST_SIDECAR_IMAGE override them (on kind, for images pushed
+// elsewhere). DemoRootImage is the demo whose image runs as uid 0.
 var (
-	DemoImage    = env.Or("SPAWNER_TEST_DEMO_IMAGE", "localhost/spawner-demo:dev")
-	SidecarImage = env.Or("SPAWNER_TEST_SIDECAR_IMAGE", "localhost/spawner-sidecar:dev")
+	DemoImage     = env.Or("SPAWNER_TEST_DEMO_IMAGE", "localhost/spawner-demo:dev")
+	DemoRootImage = env.Or("SPAWNER_TEST_DEMO_ROOT_IMAGE", "localhost/spawner-demo-root:dev")
+	SidecarImage  = env.Or("SPAWNER_TEST_SIDECAR_IMAGE", "localhost/spawner-sidecar:dev")
 )
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
