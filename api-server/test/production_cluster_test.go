@@ -5,10 +5,12 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,6 +113,70 @@ func TestRestrictedNamespace(t *testing.T) {
 		t.Errorf("status %s/%s %q, want InvalidSpec naming the Pod Security reason", got.Status.Phase, got.Status.Reason, got.Status.Message)
 	}
 	t.Logf("privileged template failed after %s: %s", time.Since(start).Round(time.Millisecond), got.Status.Message)
+}
+
+// TestRootImageRunsUnderRestrictedDefaults: in a namespace enforcing
+// `restricted`, a spawn of an image whose USER is root (uid 0), with no
+// security context, is admitted and becomes Ready, because the controller
+// fills in a numeric non-root uid (65532) with runAsNonRoot. The same image
+// with a restricted context of its own that names no uid is admitted too,
+// but the kubelet refuses to start it as root: what runs the first one is the
+// default uid, and the image is indeed root.
+func TestRootImageRunsUnderRestrictedDefaults(t *testing.T) {
+	e := setup(t)
+	e.restrict()
+	// A new image name reaches the kubelet through containerd's CRI events,
+	// which lagged 4 minutes behind `ctr images import` under load here
+	// (05:46 → 05:50, containerd.log): spawning before that is a pull.
+	clustertest.Eventually(t, 5*time.Minute, "the node listing "+clustertest.DemoRootImage, func() (bool, error) {
+		nodes, err := e.kube.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, n := range nodes.Items {
+			for _, img := range n.Status.Images {
+				if slices.Contains(img.Names, clustertest.DemoRootImage) {
+					return true, nil
+				}
+			}
+		}
+		return false, errors.New("not listed: run scripts/build-images.sh")
+	})
+	rootBody := func(extra string) string {
+		return `{"image":"` + clustertest.DemoRootImage + `","gracePeriodSeconds":60` + extra + `}`
+	}
+
+	_, sr := e.spawn(e.a.control, rootBody(""))
+	loc := e.waitReady(e.a.control, sr.Name)
+	app := e.pod(sr.Name).Spec.Containers[0]
+	if sc := app.SecurityContext; sc == nil || !ptr.Deref(sc.RunAsNonRoot, false) || ptr.Deref(sc.RunAsUser, 0) != 65532 ||
+		ptr.Deref(sc.RunAsGroup, 0) != 65532 {
+		t.Errorf("the root image's app container has securityContext %+v, want runAsNonRoot and runAsUser/runAsGroup 65532", sc)
+	}
+	if code, body, _ := getBody(t, noRedirect, loc, nil); code != 200 || !strings.Contains(body, "spawner demo room") {
+		t.Errorf("the root image's backend through the router: %d %.200s", code, body)
+	}
+
+	_, own := e.spawn(e.a.control, rootBody(`,"securityContext":{"runAsNonRoot":true,"allowPrivilegeEscalation":false,`+
+		`"capabilities":{"drop":["ALL"]},"seccompProfile":{"type":"RuntimeDefault"}}`))
+	var why string
+	clustertest.Eventually(t, 60*time.Second, "the kubelet refusing the root image with a context of its own", func() (bool, error) {
+		p, err := e.kube.CoreV1().Pods(e.ns).Get(context.Background(), own.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if w := cs.State.Waiting; cs.Name == app.Name && w != nil && w.Reason == "CreateContainerConfigError" {
+				why = w.Message
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("container statuses %+v", p.Status.ContainerStatuses)
+	})
+	if !strings.Contains(why, "runAsNonRoot and image will run as root") {
+		t.Errorf("the root image with runAsNonRoot and no uid: %q, want the kubelet's refusal to run it as root", why)
+	}
+	t.Logf("the root image with a context of its own naming no uid: %s", why)
 }
 
 // TestResourcesReachThePod: a spawn's resources are the app container's; a
