@@ -67,6 +67,7 @@ test-cluster: ## the local-cluster test, then every -tags cluster suite against 
 	scripts/test-localcluster.sh
 	scripts/cluster-up.sh
 	scripts/build-images.sh
+	scripts/ensure-browser.sh # api-server/test's origin isolation test drives Chromium too
 	for pkg in $(CLUSTER_TEST_PKGS); do \
 		echo "==> go test -tags cluster $$pkg"; go test -count=1 -tags cluster -parallel 8 -timeout 20m $$pkg; done
 	$(MAKE) --no-print-directory e2e

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ensure-browser.sh: installs Debian's Chromium when no Chrome or Chromium is on PATH, for the
-# end-to-end suite's browser test (e2e/lifecycle/browser_test.go). Run by `make e2e`.
+# tests that drive a real browser (common/clustertest/browser: e2e/lifecycle/browser_test.go,
+# api-server/test/origins_cluster_test.go). Run by `make e2e` and `make test-cluster`.
 # SPAWNER_E2E_CHROMIUM=<binary> uses that browser instead and installs nothing.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
