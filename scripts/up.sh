@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # up.sh (make up): a cluster (kind when `docker info` works and kind is installed, else the local
 # cluster built here; SPAWNER_CLUSTER=local|kind decides) + spawner's images + spawner deployed
-# from deploy/local (scripts/deploy.sh) + one demo backend spawned through the control API,
-# ending with its URL and the curl line to run next. Safe to run again. Undo: make down.
+# from deploy/local (scripts/deploy.sh) + the demo's warm pool (deploy/examples/demo-pool.yaml) + one
+# demo backend claimed from it through the control API, ending with its URL and the curl line to run
+# next. Safe to run again. Undo: make down.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -29,8 +30,15 @@ if [ "$(cluster_mode)" = kind ]; then
 	sleep 2
 fi
 
-log "spawning a demo backend: POST $CONTROL/spawn"
-body='{"image":"localhost/spawner-demo:dev","key":"demo-room","gracePeriodSeconds":600}'
+# The demo runs from a warm pool: its pods start now, so the spawn below claims one that is
+# already Ready instead of waiting for a pod to start.
+k apply -f "$SPAWNER_ROOT/deploy/examples/demo-pool.yaml" >/dev/null || die "cannot create the demo BackendPool (deploy/examples/demo-pool.yaml)"
+log "waiting for the demo pool's warm backends (kubectl -n spawner-backends get bpool demo)"
+k -n spawner-backends wait --for=condition=Ready bpool/demo --timeout=180s >/dev/null ||
+	die "the demo pool did not get Ready within 180 s (kubectl -n spawner-backends describe bpool demo)"
+
+log "claiming a demo backend from the pool: POST $CONTROL/spawn"
+body='{"pool":"demo","key":"demo-room","gracePeriodSeconds":600}'
 resp=$(curl -sS -m 30 --retry 10 --retry-connrefused --retry-delay 1 -X POST \
 	-H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$body" "$CONTROL/spawn") ||
 	die "POST $CONTROL/spawn failed: $resp"
@@ -52,7 +60,10 @@ while :; do
 	[ $SECONDS -lt $deadline ] || die "demo backend $name did not become Ready within 120 s, last answer $code (kubectl -n spawner-backends describe slab $name)"
 	sleep 0.2
 done
-log "demo backend $name is Ready"
+case $resp in
+*'"warm":true'*) log "demo backend $name is Ready (a warm claim from pool demo)" ;;
+*) log "demo backend $name is Ready (started cold: the pool had no warm backend to give)" ;;
+esac
 [ "$(cluster_mode)" != kind ] || PF_HINT="
       kubectl -n $NS port-forward svc/spawner-api 18080:8080 &   # kind: ClusterIPs are not routable from the host"
 cat <<EOT
@@ -63,10 +74,12 @@ cat <<EOT
     or try it with curl:
       curl -sS '${url%%\?*}healthz?${url#*\?}'
 
-    Spawn your own backend through the control API:${PF_HINT:-}
+    Claim your own room from the demo's warm pool (Ready at once; its name is the key):${PF_HINT:-}
       export SPAWNER_TOKEN=\$(kubectl -n $NS get secret spawner-api-tokens -o jsonpath='{.data.token}' | base64 -d | head -n1)
+      curl -sS -H "Authorization: Bearer \$SPAWNER_TOKEN" -d '{"pool":"demo","key":"my-room"}' $CONTROL/spawn
+    or start one cold from an image:
       curl -sS -H "Authorization: Bearer \$SPAWNER_TOKEN" -d '{"image":"localhost/spawner-demo:dev"}' $CONTROL/spawn
 
-    kubectl:    export KUBECONFIG=$KUBECONFIG_PATH PATH=$SPAWNER_CACHE/bin:\$PATH; kubectl get slab -A
+    kubectl:    export KUBECONFIG=$KUBECONFIG_PATH PATH=$SPAWNER_CACHE/bin:\$PATH; kubectl get slab,bpool -A
     tear down:  make down
 EOT

@@ -43,6 +43,12 @@ func (e *env) poolSpawn(base, body string) (int, poolSpawn) {
 // newPool creates a BackendPool of the demo app and waits until n pods are warm.
 func (e *env) newPool(name string, replicas int32, grace int64) {
 	e.t.Helper()
+	e.newPoolWith(name, replicas, grace, nil)
+}
+
+// newPoolWith is newPool with the spec changed by edit first.
+func (e *env) newPoolWith(name string, replicas int32, grace int64, edit func(*spawnerv1.BackendPoolSpec)) {
+	e.t.Helper()
 	tgrace := int64(2)
 	p := &spawnerv1.BackendPool{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: e.ns},
@@ -53,6 +59,9 @@ func (e *env) newPool(name string, replicas int32, grace int64) {
 				TerminationGracePeriodSeconds: &tgrace,
 			},
 		},
+	}
+	if edit != nil {
+		edit(&p.Spec)
 	}
 	if _, err := e.sp.SpawnerV1().BackendPools(e.ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		e.t.Fatal(err)

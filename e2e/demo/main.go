@@ -4,7 +4,9 @@
 //
 // Environment: PORT (set by spawner), DEMO_LISTEN_DELAY_MS (wait before
 // listening, to stand for a slow start), DEMO_EXIT_AFTER_SECONDS and
-// DEMO_EXIT_CODE (exit on purpose, to stand for a crash).
+// DEMO_EXIT_CODE (exit on purpose, to stand for a crash), DEMO_CLAIM_HOOK
+// (fail: the claim hook answers 500; hang: it never answers; to stand for a
+// broken app in a BackendPool).
 //
 // `spawner-demo probe URL...` is a second mode for tests: it GETs each URL,
 // prints the outcomes and exits (see package probe).
@@ -59,7 +61,9 @@ func run() error {
 	}
 	slog.Info("listening", "port", port, "at", time.Now().UTC().Format(time.RFC3339Nano))
 
-	server := &http.Server{Handler: chat.NewRoom().Handler(), ReadHeaderTimeout: 10 * time.Second}
+	room := chat.NewRoom()
+	room.SetClaimHook(os.Getenv("DEMO_CLAIM_HOOK"))
+	server := &http.Server{Handler: room.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	go func() {

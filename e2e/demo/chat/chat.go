@@ -40,6 +40,8 @@ type Room struct {
 
 	requests atomic.Int64
 	messages atomic.Int64
+
+	session session // what the claim hook received (session.go)
 }
 
 type member struct {
@@ -85,6 +87,8 @@ func (r *Room) Handler() http.Handler {
 			"requests": r.requests.Load(), "messages": r.messages.Load(), "members": int64(members),
 		})
 	})
+	mux.HandleFunc("POST "+ClaimHookPath, r.serveClaim)
+	mux.HandleFunc("GET /session", r.serveSession)
 	mux.HandleFunc("GET /sse", r.serveEvents)
 	mux.HandleFunc("GET /ws", r.serveWebSocket)
 	mux.HandleFunc("POST /echo", func(w http.ResponseWriter, req *http.Request) {
