@@ -121,7 +121,8 @@ func TestRestrictedNamespace(t *testing.T) {
 // fills in a numeric non-root uid (65532) with runAsNonRoot. The same image
 // with a restricted context of its own that names no uid is admitted too,
 // but the kubelet refuses to start it as root: what runs the first one is the
-// default uid, and the image is indeed root.
+// default uid, and the image is indeed root. That backend fails at once
+// (InvalidSpec, the kubelet's reason), not after --startup-timeout.
 func TestRootImageRunsUnderRestrictedDefaults(t *testing.T) {
 	e := setup(t)
 	e.restrict()
@@ -159,24 +160,18 @@ func TestRootImageRunsUnderRestrictedDefaults(t *testing.T) {
 
 	_, own := e.spawn(e.a.control, rootBody(`,"securityContext":{"runAsNonRoot":true,"allowPrivilegeEscalation":false,`+
 		`"capabilities":{"drop":["ALL"]},"seccompProfile":{"type":"RuntimeDefault"}}`))
-	var why string
-	clustertest.Eventually(t, 60*time.Second, "the kubelet refusing the root image with a context of its own", func() (bool, error) {
-		p, err := e.kube.CoreV1().Pods(e.ns).Get(context.Background(), own.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		for _, cs := range p.Status.ContainerStatuses {
-			if w := cs.State.Waiting; cs.Name == app.Name && w != nil && w.Reason == "CreateContainerConfigError" {
-				why = w.Message
-				return true, nil
-			}
-		}
-		return false, fmt.Errorf("container statuses %+v", p.Status.ContainerStatuses)
+	start := time.Now()
+	var got *spawnerv1.SessionLivedBackend
+	clustertest.Eventually(t, 60*time.Second, "the root image with a context of its own to fail", func() (bool, error) {
+		var err error
+		got, err = e.sp.SpawnerV1().SessionLivedBackends(e.ns).Get(context.Background(), own.Name, metav1.GetOptions{})
+		return err == nil && got.Status.Phase == lifecycle.Failed, err
 	})
-	if !strings.Contains(why, "runAsNonRoot and image will run as root") {
-		t.Errorf("the root image with runAsNonRoot and no uid: %q, want the kubelet's refusal to run it as root", why)
+	if got.Status.Reason != lifecycle.ReasonInvalidSpec || !strings.Contains(got.Status.Message, "runAsNonRoot and image will run as root") {
+		t.Errorf("the root image with runAsNonRoot and no uid: %s/%s %q, want InvalidSpec with the kubelet's refusal to run it as root",
+			got.Status.Phase, got.Status.Reason, got.Status.Message)
 	}
-	t.Logf("the root image with a context of its own naming no uid: %s", why)
+	t.Logf("the root image with a context of its own naming no uid failed after %s: %s", time.Since(start).Round(time.Millisecond), got.Status.Message)
 }
 
 // TestResourcesReachThePod: a spawn's resources are the app container's; a

@@ -44,6 +44,18 @@ var imagePullReasons = map[string]bool{
 	"ErrImageNeverPull": true,
 }
 
+// refusesNonRoot says whether a container's waiting state is the kubelet's
+// refusal to start it under runAsNonRoot (reason CreateContainerConfigError;
+// kubelet verifyRunAsNonRoot: "container has runAsNonRoot and image will run
+// as root", "... image has non-numeric user (...), cannot verify user is
+// non-root", "container's runAsUser breaks non-root policy"). It is final:
+// the pod's image and securityContext never change, so waiting out
+// --startup-timeout would only hide the reason for 5 minutes.
+func refusesNonRoot(w *corev1.ContainerStateWaiting) bool {
+	return w.Reason == "CreateContainerConfigError" &&
+		(strings.Contains(w.Message, "runAsNonRoot") || strings.Contains(w.Message, "non-root policy"))
+}
+
 // ObservePod reads a backend pod. app is the application container's name
 // (the first container of the template).
 func ObservePod(pod *corev1.Pod) PodView {
@@ -93,6 +105,9 @@ func appContainerName(pod *corev1.Pod) string {
 //   - AppExited: the application container or the sidecar terminated (any
 //     exit code: with restartPolicy Never a backend whose app exited cannot
 //     serve again), another container or an init container exited non-zero.
+//   - InvalidSpec: the kubelet refuses to start a container under
+//     runAsNonRoot (refusesNonRoot): its image runs as root, or as a user
+//     name, and its securityContext names no uid.
 //   - PodLost: the pod failed as a whole without a container to blame
 //     (eviction, node shutdown).
 //
@@ -106,6 +121,11 @@ func ClassifyFailure(pod *corev1.Pod) *Failure {
 				msg += ": " + w.Message
 			}
 			return &Failure{Reason: lifecycle.ReasonImagePullFailed, Message: msg}
+		}
+		if w := cs.State.Waiting; w != nil && refusesNonRoot(w) {
+			return &Failure{Reason: lifecycle.ReasonInvalidSpec, Message: fmt.Sprintf("container %q: image %q cannot run as non-root: %s "+
+				"(give the container a numeric runAsUser, or leave out its securityContext for spawner's restricted defaults)",
+				cs.Name, imageOf(pod, cs), w.Message)}
 		}
 	}
 	app := appContainerName(pod)
