@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"spawner.dev/apis/lifecycle"
-	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
 
 func decode[T any](t *testing.T, resp *http.Response) T {
@@ -160,7 +160,7 @@ func TestStatusReadyTerminate(t *testing.T) {
 	if slab.Status.Phase != lifecycle.Swept {
 		t.Fatalf("phase %s", slab.Status.Phase)
 	}
-	if c := findCond(slab, lifecycle.ConditionSwept); c == nil || c.Reason != lifecycle.ReasonTerminationRequested {
+	if c := meta.FindStatusCondition(slab.Status.Conditions, lifecycle.ConditionSwept); c == nil || c.Reason != lifecycle.ReasonTerminationRequested {
 		t.Fatalf("swept condition %+v", c)
 	}
 	if r := e.do("POST", "/backend/slab-st/terminate", `{"hard":false,"x":1}`); r.StatusCode != 400 {
@@ -178,15 +178,6 @@ func TestStatusReadyTerminate(t *testing.T) {
 	if r := e.do("POST", "/backend/slab-st/terminate", ""); r.StatusCode != 404 {
 		t.Fatal(r.StatusCode)
 	}
-}
-
-func findCond(slab *spawnerv1.SessionLivedBackend, typ string) *metav1.Condition {
-	for i := range slab.Status.Conditions {
-		if slab.Status.Conditions[i].Type == typ {
-			return &slab.Status.Conditions[i]
-		}
-	}
-	return nil
 }
 
 func TestStatusStream(t *testing.T) {

@@ -44,7 +44,7 @@ func Node(t testing.TB, kube kubernetes.Interface, images ...string) string {
 			t.Fatal(err)
 		}
 		for _, n := range nodes.Items {
-			if !nodeReady(&n) {
+			if !NodeReady(&n) {
 				continue
 			}
 			if hasImages(&n, images) {
@@ -65,7 +65,8 @@ func Node(t testing.TB, kube kubernetes.Interface, images ...string) string {
 	return fallback
 }
 
-func nodeReady(n *corev1.Node) bool {
+// NodeReady reports whether a node's Ready condition is True.
+func NodeReady(n *corev1.Node) bool {
 	for _, c := range n.Status.Conditions {
 		if c.Type == corev1.NodeReady {
 			return c.Status == corev1.ConditionTrue

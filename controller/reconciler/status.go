@@ -203,24 +203,21 @@ type statusChange struct {
 }
 
 func (c *statusChange) record(conditionType, reason, message string) {
-	if !lifecycle.CanRecord(c.status.Phase, conditionType) {
-		return
-	}
-	before := c.status.Phase
-	lifecycle.Record(c.status, conditionType, reason, message, c.generation)
-	c.noteTransition(before, reason, message)
+	c.apply(lifecycle.Record, conditionType, reason, message)
 }
 
 func (c *statusChange) clear(conditionType, reason, message string) {
+	c.apply(lifecycle.Clear, conditionType, reason, message)
+}
+
+// apply sets or clears (lifecycle.Record, lifecycle.Clear) a condition the
+// phase machine still lets change, and notes the phase it enters, if any.
+func (c *statusChange) apply(change func(*spawnerv1.SessionLivedBackendStatus, string, string, string, int64) bool, conditionType, reason, message string) {
 	if !lifecycle.CanRecord(c.status.Phase, conditionType) {
 		return
 	}
 	before := c.status.Phase
-	lifecycle.Clear(c.status, conditionType, reason, message, c.generation)
-	c.noteTransition(before, reason, message)
-}
-
-func (c *statusChange) noteTransition(before spawnerv1.BackendPhase, reason, message string) {
+	change(c.status, conditionType, reason, message, c.generation)
 	if c.status.Phase != before {
 		c.transitions = append(c.transitions, Transition{Phase: c.status.Phase, Reason: reason, Message: message})
 	}

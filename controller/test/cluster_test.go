@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -148,7 +149,7 @@ func TestFailureReasons(t *testing.T) {
 			if failed.Status.Reason != tc.reason || !strings.Contains(failed.Status.Message, tc.message) {
 				t.Errorf("%s: %s\nwant reason %s, message containing %q", name, describe(failed), tc.reason, tc.message)
 			}
-			if c := metaCond(failed, lifecycle.ConditionFailed); c == nil || c.Reason != tc.reason {
+			if c := meta.FindStatusCondition(failed.Status.Conditions, lifecycle.ConditionFailed); c == nil || c.Reason != tc.reason {
 				t.Errorf("%s: Failed condition %+v", name, c)
 			}
 			// The pod is deleted at once (well before the slab's retention ends;
@@ -174,15 +175,6 @@ func TestFailureReasons(t *testing.T) {
 			t.Errorf("%s: events %v, want a Failed one", name, r)
 		}
 	}
-}
-
-func metaCond(s *spawnerv1.SessionLivedBackend, t string) *metav1.Condition {
-	for i := range s.Status.Conditions {
-		if s.Status.Conditions[i].Type == t {
-			return &s.Status.Conditions[i]
-		}
-	}
-	return nil
 }
 
 // TestDeletedSlabTakesItsPod: with the controller stopped, so only the
@@ -252,7 +244,7 @@ func TestSweptBackend(t *testing.T) {
 		}
 		if serr == nil && s.Status.Phase == lifecycle.Terminating {
 			sawTerminating = true
-			if c := metaCond(s, lifecycle.ConditionTerminating); c == nil || c.Reason != lifecycle.ReasonIdle {
+			if c := meta.FindStatusCondition(s.Status.Conditions, lifecycle.ConditionTerminating); c == nil || c.Reason != lifecycle.ReasonIdle {
 				t.Errorf("Terminating condition %+v, want reason Idle", c)
 			}
 		}
@@ -284,7 +276,7 @@ func TestMaxLifetime(t *testing.T) {
 	if s.Status.Reason != lifecycle.ReasonLifetimeExceeded {
 		t.Errorf("%s, want reason LifetimeExceeded", describe(s))
 	}
-	if c := metaCond(s, lifecycle.ConditionSwept); c == nil || c.Reason != lifecycle.ReasonLifetimeExceeded {
+	if c := meta.FindStatusCondition(s.Status.Conditions, lifecycle.ConditionSwept); c == nil || c.Reason != lifecycle.ReasonLifetimeExceeded {
 		t.Errorf("Swept condition %+v", c)
 	}
 	if age := time.Since(s.CreationTimestamp.Time); age < 11*time.Second {

@@ -331,3 +331,20 @@ func (e *Env) WaitGone(t testing.TB, name string, timeout time.Duration) {
 		return apierrors.IsNotFound(slabErr) && apierrors.IsNotFound(podErr), nil
 	})
 }
+
+// DemoMembers is how many members the demo room at statsURL (a backend URL
+// ending in /stats, through the router) counts. A client's WebSocket
+// handshake completes before the room has registered it: tests wait for the
+// count before they send to every member.
+func DemoMembers(statsURL string) (int64, error) {
+	resp, err := http.Get(statsURL)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var stats map[string]int64
+	if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
+		return 0, err
+	}
+	return stats["members"], nil
+}

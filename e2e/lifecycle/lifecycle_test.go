@@ -68,16 +68,8 @@ func dialRoom(t testing.TB, backendURL string) *websocket.Conn {
 func waitForMembers(t testing.TB, backendURL string, n int64) {
 	t.Helper()
 	clustertest.Eventually(t, 10*time.Second, fmt.Sprintf("%d members in the room", n), func() (bool, error) {
-		resp, err := http.Get(httpURL(t, backendURL, "/stats"))
-		if err != nil {
-			return false, err
-		}
-		defer resp.Body.Close()
-		var stats map[string]int64
-		if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
-			return false, err
-		}
-		return stats["members"] == n, nil
+		members, err := framework.DemoMembers(httpURL(t, backendURL, "/stats"))
+		return err == nil && members == n, err
 	})
 }
 

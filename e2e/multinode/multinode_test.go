@@ -12,7 +12,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -41,7 +40,7 @@ func schedulableWorkers(t *testing.T, e *framework.Env) []string {
 	}
 	var names []string
 	for _, n := range nodes.Items {
-		if n.Spec.Unschedulable || !nodeReady(&n) {
+		if n.Spec.Unschedulable || !clustertest.NodeReady(&n) {
 			continue
 		}
 		tainted := false
@@ -56,15 +55,6 @@ func schedulableWorkers(t *testing.T, e *framework.Env) []string {
 		t.Skipf("needs at least two schedulable worker nodes, the cluster has %d (%v): run it on SPAWNER_KIND_NODES=3 make kind-up", len(names), names)
 	}
 	return names
-}
-
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // placed is a Ready backend and the node it runs on.
@@ -239,16 +229,8 @@ func TestRouterReachesBackendsOnOtherNodes(t *testing.T) {
 			}
 			// the room registers a member just after its handshake: wait for it, then round-trip
 			clustertest.Eventually(t, 10*time.Second, "the member in the room on "+b.Node, func() (bool, error) {
-				resp, err := http.Get(via(t, b.URL, addr, "/stats", "http"))
-				if err != nil {
-					return false, err
-				}
-				defer resp.Body.Close()
-				var stats map[string]int64
-				if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
-					return false, err
-				}
-				return stats["members"] >= 1, nil
+				members, err := framework.DemoMembers(via(t, b.URL, addr, "/stats", "http"))
+				return err == nil && members >= 1, err
 			})
 			msg := []byte("across nodes from " + p.Spec.NodeName)
 			if err := conn.WriteMessage(websocket.TextMessage, msg); err != nil {

@@ -31,7 +31,7 @@ func waitNodeReady(t *testing.T, e *framework.Env, node string, timeout time.Dur
 		if err != nil {
 			return false, err
 		}
-		return nodeReady(n), nil
+		return clustertest.NodeReady(n), nil
 	})
 }
 

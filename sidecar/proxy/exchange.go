@@ -150,14 +150,7 @@ func (cc *clientConn) serveRequest(headLen int) bool {
 	} else {
 		p.pool.put(uc)
 	}
-	if w.Flush() != nil {
-		return false
-	}
-	if closeClient {
-		cc.linger()
-		return false
-	}
-	return true
+	return cc.finish(w, closeClient)
 }
 
 // sendRequest writes the request head and body to uc. bodyRead is set once
@@ -322,6 +315,12 @@ func (cc *clientConn) badGateway(bodyRead, headRequest bool) bool {
 	w := getWriter(&cc.out)
 	defer putWriter(w)
 	writeShortResponse(w, cc.req.http10, 502, "the app is not answering", closing, headRequest)
+	return cc.finish(w, closing)
+}
+
+// finish flushes a response and reports whether the connection can go on:
+// not when the flush failed, nor when the response closes it (it lingers).
+func (cc *clientConn) finish(w *bufio.Writer, closing bool) bool {
 	if w.Flush() != nil {
 		return false
 	}

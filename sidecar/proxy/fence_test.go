@@ -104,15 +104,7 @@ func TestBodyIdleTimeout(t *testing.T) {
 	tracker := activity.New(0)
 	addr := serve(t, proxy.New(proxy.Config{Upstream: upstream, Tracker: tracker,
 		Metrics: proxy.NewMetrics(metrics.NewRegistry(), tracker), MaxIdle: 8, BodyIdleTimeout: 300 * time.Millisecond}))
-	dial := func() (net.Conn, *bufio.Reader) {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		return c, bufio.NewReader(c)
-	}
+	dial := func() (net.Conn, *bufio.Reader) { return dialRaw(t, addr, 10*time.Second) }
 	for _, chunked := range []bool{false, true} {
 		t.Run(fmt.Sprint("stalled, chunked=", chunked), func(t *testing.T) {
 			c, br := dial()

@@ -58,12 +58,19 @@ func describeApp() http.Handler {
 // rawConn opens a client connection to the proxy for hand-written requests.
 func rawConn(t *testing.T, s *stack) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	conn, err := net.Dial("tcp", s.publicAddr)
+	return dialRaw(t, s.publicAddr, 5*time.Second)
+}
+
+// dialRaw opens a TCP connection to addr, closed when the test ends, that
+// fails every read and write after within.
+func dialRaw(t *testing.T, addr string, within time.Duration) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn.SetDeadline(time.Now().Add(within))
 	return conn, bufio.NewReader(conn)
 }
 
@@ -298,15 +305,7 @@ func TestTimeouts(t *testing.T) {
 		Metrics: proxy.NewMetrics(metrics.NewRegistry(), tracker), MaxIdle: 4,
 		IdleTimeout: 2 * time.Second, ReadHeaderTimeout: 100 * time.Millisecond})
 	addr := serve(t, px)
-	dial := func() (net.Conn, *bufio.Reader) {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		return conn, bufio.NewReader(conn)
-	}
+	dial := func() (net.Conn, *bufio.Reader) { return dialRaw(t, addr, 10*time.Second) }
 	t.Run("idle", func(t *testing.T) {
 		conn, br := dial()
 		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")

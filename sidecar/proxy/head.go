@@ -135,18 +135,22 @@ func asciiEqualFold(b []byte, s string) bool {
 }
 
 // tokenChars are the bytes allowed in methods and field names (RFC 9110 §5.6.2).
-var tokenChars = func() (t [256]bool) {
+var tokenChars = alnumAnd("!#$%&'*+-.^_`|~")
+
+// alnumAnd is a byte table of the ASCII letters and digits and the bytes of
+// more.
+func alnumAnd(more string) (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
 	for c := 'a'; c <= 'z'; c++ {
 		t[c], t[c-'a'+'A'] = true, true
 	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
+	for _, c := range more {
 		t[c] = true
 	}
 	return t
-}()
+}
 
 func isToken(b []byte) bool {
 	if len(b) == 0 {
@@ -474,18 +478,7 @@ func splitAbsoluteTarget(target []byte) (authority, rest []byte, ok bool) {
 // authorityChars are the bytes of a host and port: unreserved, sub-delims,
 // percent-encoding, ':' and the brackets of an IP literal (RFC 3986 §3.2.2);
 // '@' (userinfo) is not among them.
-var authorityChars = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c], t[c-'a'+'A'] = true, true
-	}
-	for _, c := range "-._~!$&'()*+,;=%:[]" {
-		t[c] = true
-	}
-	return t
-}()
+var authorityChars = alnumAnd("-._~!$&'()*+,;=%:[]")
 
 // connectionOptions are the tokens of one Connection field.
 type connectionOptions struct {

@@ -262,9 +262,7 @@ func (cc *clientConn) refuse(e *statusError) {
 	w := getWriter(&cc.out)
 	defer putWriter(w)
 	writeShortResponse(w, false, e.status, e.reason, true, false)
-	if w.Flush() == nil {
-		cc.linger()
-	}
+	cc.finish(w, true)
 }
 
 // writeShortResponse writes a complete plain-text response made by the proxy.

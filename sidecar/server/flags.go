@@ -35,8 +35,12 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	c.intFlag(fs, &c.StatusPort, "status-port", "SIDECAR_STATUS_PORT", defaultStatusPort, "status port: /_events, /healthz, /metrics")
 	c.secondsFlag(fs, &c.WSIdle, "ws-idle-seconds", "SIDECAR_WS_IDLE_SECONDS", 0, 0, "a WebSocket without data frames for this long stops counting as active; 0 = never")
 	c.IgnoreRequests = env.Or("SIDECAR_COUNT_REQUESTS", "true") != "true"
-	fs.Var((*countRequests)(&c.IgnoreRequests), "count-requests",
-		"in-flight HTTP requests (SSE, long-poll) keep the backend alive for as long as they are open; false = only WebSockets do (env SIDECAR_COUNT_REQUESTS; default true)")
+	fs.BoolFunc("count-requests", "in-flight HTTP requests (SSE, long-poll) keep the backend alive for as long as they are open; false = only WebSockets do (env SIDECAR_COUNT_REQUESTS; default true)",
+		func(v string) error {
+			count, err := strconv.ParseBool(v)
+			c.IgnoreRequests = !count
+			return err
+		})
 	c.secondsFlag(fs, &c.Drain, "drain-seconds", "SIDECAR_DRAIN_SECONDS", 10*time.Second, anySeconds, "after SIGTERM, keep proxying at most this long while the app finishes")
 	fs.StringVar(&c.StatusBlockFile, "status-block-file", os.Getenv("SIDECAR_STATUS_BLOCK_FILE"), "testing: while this file exists the status port is closed (env SIDECAR_STATUS_BLOCK_FILE)")
 	fs.StringVar(&c.ProcNet, "proc-net", env.Or("SIDECAR_PROC_NET", "/proc/net"), "directory with the tcp and tcp6 socket tables (env SIDECAR_PROC_NET)")
@@ -98,21 +102,5 @@ func (s *seconds) Set(v string) error {
 		return fmt.Errorf("must be at least %d, not %d", s.least/time.Second, n)
 	}
 	*s.p = d
-	return nil
-}
-
-// countRequests is --count-requests, stored inverted as Config.IgnoreRequests.
-type countRequests bool
-
-func (c *countRequests) String() string { return strconv.FormatBool(!bool(*c)) }
-
-func (c *countRequests) IsBoolFlag() bool { return true }
-
-func (c *countRequests) Set(s string) error {
-	b, err := strconv.ParseBool(s)
-	if err != nil {
-		return err
-	}
-	*c = countRequests(!b)
 	return nil
 }
