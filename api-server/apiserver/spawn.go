@@ -131,7 +131,7 @@ func decodeSpawn(r io.Reader) (*SpawnRequest, *requestError) {
 
 // reserved label prefixes a caller may not set.
 func reservedLabel(k string) bool {
-	return strings.HasPrefix(k, "spawner.dev/") || strings.Contains(k, ".spawner.dev/") || k == spawnerv1.LabelManagedBy
+	return strings.HasPrefix(k, spawnerv1.GroupName+"/") || strings.Contains(k, "."+spawnerv1.GroupName+"/") || k == spawnerv1.LabelManagedBy
 }
 
 var standardResources = map[string]bool{"cpu": true, "memory": true, "ephemeral-storage": true}

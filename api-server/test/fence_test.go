@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -71,11 +72,12 @@ func TestFenceRefusesOtherPods(t *testing.T) {
 
 	ip := pod.Status.PodIP
 	urls := []string{}
-	for _, port := range []string{"9090", "9091"} {
+	public, status := strconv.Itoa(spawnerv1.SidecarServePort), strconv.Itoa(spawnerv1.SidecarStatusPort)
+	for _, port := range []string{public, status} {
 		base := "http://" + net.JoinHostPort(ip, port)
 		urls = append(urls, base+"/", "forged:"+base+"/_events", base+"/_events", base+"/metrics")
 	}
-	urls = append(urls, "upgrade:http://"+net.JoinHostPort(ip, "9090")+"/ws", "forged:upgrade:http://"+net.JoinHostPort(ip, "9090")+"/ws")
+	urls = append(urls, "upgrade:http://"+net.JoinHostPort(ip, public)+"/ws", "forged:upgrade:http://"+net.JoinHostPort(ip, public)+"/ws")
 	probeArgs := append([]string{"probe"}, urls...)
 	restricted := &corev1.SecurityContext{
 		AllowPrivilegeEscalation: ptr.To(false), RunAsNonRoot: ptr.To(true),

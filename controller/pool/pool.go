@@ -37,14 +37,9 @@ import (
 	spawnerlisters "spawner.dev/generated/listers/spawner/v1"
 )
 
-// Condition types and reasons of a pool's status.
-const (
-	ConditionReady     = "Ready"
-	ReasonFull         = "Full"
-	ReasonStarting     = "Starting"
-	ReasonInvalidSpec  = "InvalidSpec"
-	expectationTimeout = 30 * time.Second
-)
+// expectationTimeout: how long a create or delete issued but not yet seen
+// in the pod cache is remembered.
+const expectationTimeout = 30 * time.Second
 
 // Options wire a pool controller.
 type Options struct {
@@ -266,7 +261,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 
 	spec := pool.BackendSpec()
 	if errs := spawnerv1.ValidateSpec(&spec, nil); len(errs) > 0 {
-		setCondition(status, metav1.ConditionFalse, ReasonInvalidSpec, errs.ToAggregate().Error(), pool.Generation)
+		setCondition(status, metav1.ConditionFalse, spawnerv1.PoolReasonInvalidSpec, errs.ToAggregate().Error(), pool.Generation)
 		return 0, c.writeStatus(ctx, pool, status)
 	}
 
@@ -333,9 +328,9 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 	status.StartingReplicas = int32(max(current-len(n.ready), 0))
 	status.ClaimedReplicas = int32(n.claimed)
 	if len(n.ready) >= want {
-		setCondition(status, metav1.ConditionTrue, ReasonFull, fmt.Sprintf("%d warm backend(s) ready", len(n.ready)), pool.Generation)
+		setCondition(status, metav1.ConditionTrue, spawnerv1.PoolReasonFull, fmt.Sprintf("%d warm backend(s) ready", len(n.ready)), pool.Generation)
 	} else {
-		setCondition(status, metav1.ConditionFalse, ReasonStarting, fmt.Sprintf("%d of %d warm backend(s) ready", len(n.ready), want), pool.Generation)
+		setCondition(status, metav1.ConditionFalse, spawnerv1.PoolReasonStarting, fmt.Sprintf("%d of %d warm backend(s) ready", len(n.ready), want), pool.Generation)
 	}
 	if err := c.writeStatus(ctx, pool, status); err != nil {
 		return 0, err
@@ -410,7 +405,7 @@ func (c *Controller) writeStatus(ctx context.Context, pool *spawnerv1.BackendPoo
 
 func setCondition(status *spawnerv1.BackendPoolStatus, s metav1.ConditionStatus, reason, msg string, gen int64) {
 	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
-		Type: ConditionReady, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
+		Type: spawnerv1.PoolConditionReady, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen})
 }
 
 func sortNewestFirst(pods []*corev1.Pod) []*corev1.Pod {

@@ -295,7 +295,7 @@ func TestDensity(t *testing.T) {
 	if sp, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(context.Background(), metav1.ListOptions{}); err == nil {
 		for i := range sp.Items {
 			p := &sp.Items[i]
-			comp := p.Labels["app.kubernetes.io/name"]
+			comp := p.Labels[framework.ComponentLabel]
 			if comp == "" {
 				comp = p.Name
 			}

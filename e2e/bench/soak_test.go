@@ -218,7 +218,7 @@ func (c *soakClient) run(ctx context.Context, t testing.TB, start, end time.Time
 // and returns when a replacement is Ready again.
 func soakKill(t testing.TB, e *framework.Env, component string) (killed time.Time, back time.Duration) {
 	ctx := context.Background()
-	pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + component})
+	pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.PodsOf(component)})
 	if err == nil {
 		// Pods already on their way out (an older rollout's) are neither
 		// victims nor counted as the ones to come back.
@@ -229,7 +229,7 @@ func soakKill(t testing.TB, e *framework.Env, component string) (killed time.Tim
 		return time.Now(), 0
 	}
 	victim := pods.Items[rand.IntN(len(pods.Items))]
-	if component == "spawner-controller" {
+	if component == framework.Controller {
 		// The leader: killing the standby would test nothing.
 		if l, err := e.Kube.CoordinationV1().Leases(framework.SystemNamespace).Get(ctx, component, metav1.GetOptions{}); err == nil && l.Spec.HolderIdentity != nil {
 			for _, p := range pods.Items {
@@ -247,7 +247,7 @@ func soakKill(t testing.TB, e *framework.Env, component string) (killed time.Tim
 	want := len(pods.Items)
 	for time.Since(killed) < 3*time.Minute {
 		time.Sleep(250 * time.Millisecond)
-		cur, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + component})
+		cur, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.PodsOf(component)})
 		if err != nil {
 			continue
 		}
@@ -466,7 +466,7 @@ func TestSoak(t *testing.T) {
 	killsDone := make(chan struct{})
 	go func() {
 		defer close(killsDone)
-		order := []string{"spawner-controller", "spawner-api", "spawner-sweeper"}
+		order := []string{framework.Controller, framework.APIServer, framework.Sweeper}
 		total := 2 * len(order)
 		for k := range total {
 			at := start.Add(time.Duration(k+1) * time.Duration(minutes) * time.Minute / time.Duration(total+1))
@@ -497,7 +497,7 @@ func TestSoak(t *testing.T) {
 	var all, outsideOutage []time.Duration
 	sweeperDown := func(at time.Time) bool {
 		for _, k := range kills {
-			if k.component == "spawner-sweeper" && !at.Before(k.at) && at.Before(k.at.Add(k.back+2*time.Second)) {
+			if k.component == framework.Sweeper && !at.Before(k.at) && at.Before(k.at.Add(k.back+2*time.Second)) {
 				return true
 			}
 		}

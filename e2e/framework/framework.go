@@ -38,6 +38,21 @@ const (
 	DemoImage        = "localhost/spawner-demo:dev"
 )
 
+// The deployed components as deploy/ names them: each one's Deployment or
+// DaemonSet, Service and pods (label app.kubernetes.io/name=<name>), and the
+// controller's Lease.
+const (
+	Controller = "spawner-controller"
+	APIServer  = "spawner-api"
+	Sweeper    = "spawner-sweeper"
+)
+
+// ComponentLabel names the component a pod of deploy/ belongs to.
+const ComponentLabel = "app.kubernetes.io/name"
+
+// PodsOf is the label selector of a deployed component's pods.
+func PodsOf(component string) string { return ComponentLabel + "=" + component }
+
 // env is the deployed spawner as a user sees it.
 type Env struct {
 	Kube    kubernetes.Interface
@@ -89,7 +104,7 @@ func discover(cfg *rest.Config) (*Env, error) {
 		e.Control = strings.TrimRight(url, "/")
 		return e, nil
 	}
-	svc, err := e.Kube.CoreV1().Services(SystemNamespace).Get(ctx, "spawner-api", metav1.GetOptions{})
+	svc, err := e.Kube.CoreV1().Services(SystemNamespace).Get(ctx, APIServer, metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("reading Service spawner-api: %w", err)
 	}

@@ -64,11 +64,11 @@ func TestLifecycleSurvivesComponentRestarts(t *testing.T) {
 	e := framework.Deployed(t)
 	const grace = 8
 	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(grace), Env: map[string]string{"DEMO_LISTEN_DELAY_MS": "2000"}})
-	killOne(t, e, "app.kubernetes.io/name=spawner-controller")
+	killOne(t, e, framework.PodsOf(framework.Controller))
 	e.WaitForState(t, backend.Name, "Ready", 120*time.Second)
 
 	conn := dialRoom(t, backend.URL)
-	killOne(t, e, "app.kubernetes.io/name=spawner-sweeper")
+	killOne(t, e, framework.PodsOf(framework.Sweeper))
 	if err := conn.WriteMessage(websocket.TextMessage, []byte("still here")); err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +76,8 @@ func TestLifecycleSurvivesComponentRestarts(t *testing.T) {
 		t.Fatalf("echo after the sweeper restart: %q", payload)
 	}
 	conn.Close()
-	killOne(t, e, "app.kubernetes.io/name=spawner-api")
-	killOne(t, e, "app.kubernetes.io/name=spawner-controller")
+	killOne(t, e, framework.PodsOf(framework.APIServer))
+	killOne(t, e, framework.PodsOf(framework.Controller))
 	e.WaitForState(t, backend.Name, "Swept", time.Duration(grace+60)*time.Second)
 	e.WaitGone(t, backend.Name, 60*time.Second)
 }
@@ -90,7 +90,7 @@ func TestLifecycleSurvivesComponentRestarts(t *testing.T) {
 // follows the Service to a live replica.
 func TestControlAPIReachableWhileEveryReplicaIsReplaced(t *testing.T) {
 	e := framework.Deployed(t)
-	const selector = "app.kubernetes.io/name=spawner-api"
+	selector := framework.PodsOf(framework.APIServer)
 	pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("no pod matches %s (err %v)", selector, err)

@@ -127,7 +127,7 @@ func TestBackendsSpreadOverWorkersEachSweptByItsOwnNodesSweeper(t *testing.T) {
 	for _, b := range backends {
 		e.WaitGone(t, b.Name, time.Duration(grace+60)*time.Second)
 	}
-	logs := podLogs(t, e, "app.kubernetes.io/name=spawner-sweeper")
+	logs := podLogs(t, e, framework.PodsOf(framework.Sweeper))
 	for _, b := range backends {
 		// slog's text handler writes backend=ns/name, its JSON handler "backend":"ns/name".
 		swept := regexp.MustCompile(`swept idle backend.*(backend=|"backend":")` + regexp.QuoteMeta(framework.BackendNamespace+"/"+b.Name) + `([ "]|$)`)
@@ -194,7 +194,7 @@ func TestRouterReachesBackendsOnOtherNodes(t *testing.T) {
 	e := framework.Deployed(t)
 	workers := schedulableWorkers(t, e)
 	backends := spawnOnEvery(t, e, workers, 60)
-	pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=spawner-api"})
+	pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: framework.PodsOf(framework.APIServer)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,11 +66,11 @@ func TestWorkerLossFailsItsBackendsAndSparesTheOthers(t *testing.T) {
 	// the controller keeps working (a lost leader is the controller's chaos
 	// test). The Lease's holder identity starts with the leader's pod name
 	// (its hostname); a standby replica on the victim may die with it.
-	lease, err := e.Kube.CoordinationV1().Leases(framework.SystemNamespace).Get(ctx, "spawner-controller", metav1.GetOptions{})
+	lease, err := e.Kube.CoordinationV1().Leases(framework.SystemNamespace).Get(ctx, framework.Controller, metav1.GetOptions{})
 	if err != nil || lease.Spec.HolderIdentity == nil {
 		t.Fatalf("the controller's Lease %s/spawner-controller has no holder: %v", framework.SystemNamespace, err)
 	}
-	ctrl, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=spawner-controller"})
+	ctrl, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.PodsOf(framework.Controller)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestWorkerLossFailsItsBackendsAndSparesTheOthers(t *testing.T) {
 	// status streams. The framework's port-forward to the Service may have
 	// picked the victim's replica, and a forward through a lost node hangs or
 	// ends.
-	apis, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=spawner-api"})
+	apis, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.PodsOf(framework.APIServer)})
 	if err != nil {
 		t.Fatal(err)
 	}

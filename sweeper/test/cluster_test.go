@@ -7,11 +7,13 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 
+	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/wire"
 )
 
@@ -22,7 +24,7 @@ const grace = 5 * time.Second
 // the sidecar requires as it would from the router.
 func openWS(t *testing.T, ip, proof string) *websocket.Conn {
 	t.Helper()
-	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s:9090/ws", ip), http.Header{wire.HeaderRouterProof: {proof}})
+	c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s:%d/ws", ip, spawnerv1.SidecarServePort), http.Header{wire.HeaderRouterProof: {proof}})
 	if err != nil {
 		t.Fatalf("WebSocket to %s: %v", ip, err)
 	}
@@ -79,7 +81,7 @@ func TestSSERequestKeepsAliveThenSwept(t *testing.T) {
 	ip := e.ready("sse")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s:9090/sse", ip), nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", fmt.Sprintf("http://%s:%d/sse", ip, spawnerv1.SidecarServePort), nil)
 	req.Header.Set(wire.HeaderRouterProof, e.proof("sse"))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -142,8 +144,8 @@ func TestUnreachableSidecarIsNeverSwept(t *testing.T) {
 	// Both directions, so the open stream goes silent (with only inbound
 	// dropped, the sidecar's keep-alives would still arrive).
 	rules := [][]string{
-		{"INPUT", "-p", "tcp", "--dport", "9091", "-j", "DROP"},
-		{"OUTPUT", "-p", "tcp", "--sport", "9091", "-j", "DROP"},
+		{"INPUT", "-p", "tcp", "--dport", strconv.Itoa(spawnerv1.SidecarStatusPort), "-j", "DROP"},
+		{"OUTPUT", "-p", "tcp", "--sport", strconv.Itoa(spawnerv1.SidecarStatusPort), "-j", "DROP"},
 	}
 	for _, r := range rules {
 		iptables(t, pid, append([]string{"-I"}, r...)...)

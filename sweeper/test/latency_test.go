@@ -11,6 +11,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -214,7 +215,7 @@ func (e *env) watchFlip(ctx context.Context, name string, out chan<- time.Time) 
 	}
 	var resp *http.Response
 	for {
-		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+net.JoinHostPort(ip, "9091")+"/_events", nil)
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+net.JoinHostPort(ip, strconv.Itoa(spawnerv1.SidecarStatusPort))+"/_events", nil)
 		req.Header.Set(wire.HeaderRouterProof, proof)
 		var err error
 		if resp, err = http.DefaultClient.Do(req); err == nil {

@@ -112,6 +112,17 @@ func (h *ClaimHook) Timeout() time.Duration {
 	return time.Duration(h.TimeoutSeconds) * time.Second
 }
 
+// The condition a pool's status carries, and its reasons (docs/pools.md).
+const (
+	// PoolConditionReady is True once readyReplicas reached spec.replicas
+	// (reason PoolReasonFull), else False (PoolReasonStarting, or
+	// PoolReasonInvalidSpec when the backend spec does not validate).
+	PoolConditionReady    = "Ready"
+	PoolReasonFull        = "Full"
+	PoolReasonStarting    = "Starting"
+	PoolReasonInvalidSpec = "InvalidSpec"
+)
+
 // BackendPoolStatus is what the controller observed about the pool's pods.
 type BackendPoolStatus struct {
 	// ObservedGeneration is the spec generation these counts were made for.
