@@ -183,12 +183,7 @@ func TestStatusReadyTerminate(t *testing.T) {
 func TestStatusStream(t *testing.T) {
 	e := newTestEnv(t, "")
 	e.addBackend("slab-ss", lifecycle.Scheduled)
-	req, _ := http.NewRequest("GET", e.control.URL+"/backend/slab-ss/status/stream", nil)
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := e.do("GET", "/backend/slab-ss/status/stream", "")
 	defer resp.Body.Close()
 	if resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatal(resp.Header)
@@ -248,12 +243,7 @@ func TestStatusStreamEndsOnFailed(t *testing.T) {
 func TestStatusStreamShowsSweptBeforeDeleted(t *testing.T) {
 	e := newTestEnv(t, "")
 	e.addBackend("slab-sw", lifecycle.Ready)
-	req, _ := http.NewRequest("GET", e.control.URL+"/backend/slab-sw/status/stream", nil)
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := e.do("GET", "/backend/slab-sw/status/stream", "")
 	defer resp.Body.Close()
 	states := make(chan string, 16)
 	go func() {
