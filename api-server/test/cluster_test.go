@@ -114,6 +114,27 @@ type spawnResp struct {
 	Spawned                        bool
 }
 
+// atOnce runs call n times at once, half of them against each replica's
+// control API (base), and returns when all have.
+func (e *env) atOnce(n int, call func(base string)) {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		base := e.a.control
+		if i%2 == 1 {
+			base = e.b.control
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			call(base)
+		}()
+	}
+	close(start)
+	wg.Wait()
+}
+
 func (e *env) spawn(base, body string) (int, spawnResp) {
 	e.t.Helper()
 	code, b, _ := e.call(base, "POST", "/spawn", body)
@@ -321,37 +342,24 @@ func TestGetOrCreateRace(t *testing.T) {
 	const callers = 100
 	body := demoBody(`,"key":"race-room"`)
 	var (
-		wg      sync.WaitGroup
 		mu      sync.Mutex
 		names   = map[string]int{}
 		urls    = map[string]bool{}
 		spawned int
-		start   = make(chan struct{})
 	)
-	for i := 0; i < callers; i++ {
-		base := e.a.control
-		if i%2 == 1 {
-			base = e.b.control
+	e.atOnce(callers, func(base string) {
+		code, sr := e.spawn(base, body)
+		mu.Lock()
+		defer mu.Unlock()
+		names[sr.Name]++
+		urls[sr.URL] = true
+		if sr.Spawned != (code == 201) {
+			t.Errorf("spawned %v with %d", sr.Spawned, code)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			code, sr := e.spawn(base, body)
-			mu.Lock()
-			defer mu.Unlock()
-			names[sr.Name]++
-			urls[sr.URL] = true
-			if sr.Spawned != (code == 201) {
-				t.Errorf("spawned %v with %d", sr.Spawned, code)
-			}
-			if sr.Spawned {
-				spawned++
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
+		if sr.Spawned {
+			spawned++
+		}
+	})
 	if len(names) != 1 || spawned != 1 || len(urls) != 1 {
 		t.Fatalf("names %v spawned %d urls %d", names, spawned, len(urls))
 	}

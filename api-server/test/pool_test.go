@@ -190,32 +190,19 @@ func TestPoolConcurrentClaims(t *testing.T) {
 	e.newPool("burst", 4, 60)
 	const n = 12
 	var (
-		wg    sync.WaitGroup
 		mu    sync.Mutex
 		names = map[string]bool{}
 		warm  int
-		start = make(chan struct{})
 	)
-	for i := 0; i < n; i++ {
-		base := e.a.control
-		if i%2 == 1 {
-			base = e.b.control
+	e.atOnce(n, func(base string) {
+		_, ps := e.poolSpawn(base, `{"pool":"burst"}`)
+		mu.Lock()
+		defer mu.Unlock()
+		names[ps.Name] = true
+		if *ps.Warm {
+			warm++
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			_, ps := e.poolSpawn(base, `{"pool":"burst"}`)
-			mu.Lock()
-			defer mu.Unlock()
-			names[ps.Name] = true
-			if *ps.Warm {
-				warm++
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
+	})
 	if len(names) != n || warm == 0 || warm > 4 {
 		t.Fatalf("%d distinct backends (want %d), %d warm (want 1..4)", len(names), n, warm)
 	}
