@@ -1,7 +1,8 @@
 // Command spawner-sidecar runs next to a backend's app: it proxies the public
 // port to the app and reports on a separate status port whether the backend
 // is in use. See docs/sidecar.md. All behaviour lives in
-// spawner.dev/sidecar/server; this file only parses flags and handles signals.
+// spawner.dev/sidecar/server; this file only parses flags, sets the process's
+// GOMAXPROCS and handles signals.
 package main
 
 import (
