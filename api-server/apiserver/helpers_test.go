@@ -26,7 +26,7 @@ import (
 )
 
 const (
-	testNS    = "spawner-backends"
+	testNS    = spawnerv1.DefaultBackendNamespace
 	testToken = "test-control-token"
 )
 

@@ -53,7 +53,7 @@ func setup(t *testing.T) *env {
 	e.node = clustertest.Node(t, e.kube, clustertest.DemoImage, clustertest.SidecarImage)
 	// A deployed controller or sweeper (make up) watches every namespace and
 	// acts on this test's backends too; the results then prove less.
-	if pods, err := e.kube.CoreV1().Pods("spawner-system").List(context.Background(), metav1.ListOptions{}); err == nil {
+	if pods, err := e.kube.CoreV1().Pods(spawnerv1.SystemNamespace).List(context.Background(), metav1.ListOptions{}); err == nil {
 		for _, p := range pods.Items {
 			if strings.HasPrefix(p.Name, "spawner-controller") || strings.HasPrefix(p.Name, "spawner-sweeper") {
 				t.Logf("warning: %s/%s runs in the cluster and also acts on this test's backends", p.Namespace, p.Name)
