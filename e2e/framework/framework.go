@@ -35,8 +35,10 @@ import (
 const (
 	SystemNamespace  = spawnerv1.SystemNamespace
 	BackendNamespace = spawnerv1.DefaultBackendNamespace
-	DemoImage        = "localhost/spawner-demo:dev"
 )
+
+// DemoImage is the demo app's image, as every cluster suite names it.
+var DemoImage = clustertest.DemoImage
 
 // The deployed components as deploy/ names them: each one's Deployment or
 // DaemonSet, Service and pods (label app.kubernetes.io/name=<name>), and the
