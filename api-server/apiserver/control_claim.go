@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
@@ -76,27 +75,35 @@ func fromPool(slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, 
 	return nil
 }
 
-// warmCandidates are the pool's pods a claim may take, from the cache:
-// controlled by the pool (unclaimed), of its current template, Ready. They
-// come shuffled, so concurrent spawns mostly try different pods.
+// claimable reports whether a claim may take pod p for pool at template
+// hash: controlled by the pool (unclaimed), of its current template, not
+// labelled with a backend, alive and Ready (its app listens). It reads only
+// what the api-server's trimmed pod cache keeps (trimPod).
+func claimable(p *corev1.Pod, pool *spawnerv1.BackendPool, hash string) bool {
+	if p.Labels[spawnerv1.LabelPool] != pool.Name || p.Labels[spawnerv1.LabelBackend] != "" ||
+		p.Labels[spawnerv1.LabelPoolTemplateHash] != hash || p.DeletionTimestamp != nil ||
+		p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
+		return false
+	}
+	ref := metav1.GetControllerOf(p)
+	if ref == nil || ref.Kind != "BackendPool" || ref.UID != pool.UID {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// warmCandidates are the pool's pods a claim may take, from the cache
+// (claimable). They come shuffled, so concurrent spawns mostly try
+// different pods.
 func (s *Server) warmCandidates(pool *spawnerv1.BackendPool, hash string) []*corev1.Pod {
-	sel := labels.SelectorFromSet(labels.Set{spawnerv1.LabelPool: pool.Name})
 	var out []*corev1.Pod
 	for _, obj := range s.podInf.GetStore().List() {
-		p, ok := obj.(*corev1.Pod)
-		if !ok || !sel.Matches(labels.Set(p.Labels)) || p.Labels[spawnerv1.LabelBackend] != "" ||
-			p.Labels[spawnerv1.LabelPoolTemplateHash] != hash || p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
-			continue
-		}
-		ref := metav1.GetControllerOf(p)
-		if ref == nil || ref.Kind != "BackendPool" || ref.UID != pool.UID {
-			continue
-		}
-		ready := false
-		for _, c := range p.Status.Conditions {
-			ready = ready || (c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue)
-		}
-		if ready {
+		if p, ok := obj.(*corev1.Pod); ok && claimable(p, pool, hash) {
 			out = append(out, p)
 		}
 	}
@@ -104,76 +111,133 @@ func (s *Server) warmCandidates(pool *spawnerv1.BackendPool, hash string) []*cor
 	return out
 }
 
+// freshCandidates are the pool's claimable pods as the Kubernetes API has
+// them now (a list, not the cache), shuffled. A pod this claim took and
+// deleted (its hook failed) is not among them: it is being deleted. A claim asks for them once, when the cache gave it no pod: the
+// cache lags the API (a pod the pool reports Ready may not be Ready in it
+// yet, and a cached resourceVersion that changed since makes the take
+// conflict although the pod is still free). On the local cluster a claim
+// went cold 0.3 s after its pool reported its pod Ready; this list costs one
+// request on the way to a cold start (~0.6 s), never on a warm claim that
+// the cache could serve.
+func (s *Server) freshCandidates(ctx context.Context, pool *spawnerv1.BackendPool, hash string) ([]*corev1.Pod, error) {
+	list, err := s.kube.CoreV1().Pods(pool.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: spawnerv1.LabelPool + "=" + pool.Name + ",!" + spawnerv1.LabelBackend})
+	if err != nil {
+		return nil, err
+	}
+	var out []*corev1.Pod
+	for i := range list.Items {
+		if p := &list.Items[i]; claimable(p, pool, hash) {
+			out = append(out, p)
+		}
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out, nil
+}
+
 // claim binds a claiming slab just created by this spawn: to a warm pod of
 // pool if it can take one, else to the cold path. It returns the bound slab
 // and whether it is warm. session is what the pool's claim hook, if it has
 // one, receives before the pod is bound.
+//
+// It tries the cached candidates first; when none is left (the cache had
+// none, or every one was lost to a conflict), it asks the API once for the
+// pool's claimable pods (freshCandidates) and tries those before going
+// cold. Each round tries at most maxClaimAttempts pods.
 func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, hash string, session ClaimSession) (*spawnerv1.SessionLivedBackend, bool, error) {
-	pods := s.kube.CoreV1().Pods(slab.Namespace)
-	hook := pool.Spec.ClaimHook
 	hookCalls := 0
-	for i, p := range s.warmCandidates(pool, hash) {
-		if i == maxClaimAttempts || hookCalls == maxHookAttempts {
-			break
-		}
-		// Take the pod: its owner becomes the slab (a pod has one
-		// controller, so no two spawns hold it), it gets the backend label
-		// (the sweeper follows it from now on) and the slab's grace period.
-		// The resourceVersion makes the patch fail if anyone changed the pod
-		// since our cache saw it unclaimed. With a claim hook the backend
-		// label waits for the hook's success: the sweeper, which records
-		// Ready, follows only labelled pods, and the controller binds a
-		// stalled claim only to a labelled pod (docs/pools.md).
-		podLabels := map[string]string{}
-		if hook == nil {
-			podLabels[spawnerv1.LabelBackend] = slab.Name
-		}
-		for k, v := range slab.Spec.Template.Metadata.Labels {
-			if _, ok := p.Labels[k]; !ok {
-				podLabels[k] = v
+	for round := 0; round < 2 && hookCalls < maxHookAttempts; round++ {
+		candidates := s.warmCandidates(pool, hash)
+		if round == 1 {
+			var err error
+			if candidates, err = s.freshCandidates(ctx, pool, hash); err != nil {
+				s.log.Error("claim: listing the pool's pods failed; going cold", "pool", pool.Name, "err", err)
+				break
 			}
 		}
-		take, _ := json.Marshal(map[string]any{"metadata": map[string]any{
-			"resourceVersion": p.ResourceVersion,
-			"labels":          podLabels,
-			"annotations": map[string]string{spawnerv1.AnnotationGracePeriodSeconds: strconv.FormatInt(
-				int64(slab.Spec.GracePeriod().Seconds()), 10)},
-			"ownerReferences": []metav1.OwnerReference{*metav1.NewControllerRef(slab, spawnerv1.SchemeGroupVersion.WithKind("SessionLivedBackend"))},
-		}})
-		if _, err := pods.Patch(ctx, p.Name, types.MergePatchType, take, metav1.PatchOptions{}); err != nil {
-			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
-				s.metrics.claimConflicts.Inc()
-				continue // taken or changed by someone else: the next one
+		for i, p := range candidates {
+			if i == maxClaimAttempts || hookCalls == maxHookAttempts {
+				break
 			}
-			s.log.Error("claim: taking a warm pod failed; going cold", "pool", pool.Name, "pod", p.Name, "err", err)
-			break
-		}
-		if hook != nil {
-			hookCalls++
-			if err := s.deliverSession(ctx, hook, p, session); err != nil {
-				// The pod is ours and its app refused the session (or
-				// never answered): it is never handed out. Deleting it
-				// frees its place in the pool, which starts a new one.
-				s.metrics.claimHookFailures.Inc()
-				s.log.Info("claim hook failed; deleting the pod and trying another", "pool", pool.Name, "pod", p.Name, "backend", slab.Name, "err", err)
-				s.deleteTaken(ctx, p)
-				continue
+			bound, ok, done, err := s.take(ctx, slab, pool, p, session, &hookCalls)
+			if done {
+				if ok && round == 1 {
+					s.metrics.claimFromList.Inc()
+				}
+				return bound, ok, err
 			}
 		}
-		bound, err := s.bind(ctx, slab, p.Name)
-		if err == nil {
-			return bound, true, nil
-		}
-		// The controller closed the claim first (we stalled past its
-		// timeout): the pod we took is not this backend's. Free it.
-		s.deleteTaken(ctx, p)
-		return s.current(ctx, slab, err)
 	}
 	bound, err := s.bind(ctx, slab, slab.Name)
 	if err != nil {
 		return s.current(ctx, slab, err)
 	}
 	return bound, false, nil
+}
+
+// take tries to claim warm pod p for slab; done reports that the claim is
+// over (bound warm, or bound by the controller meanwhile), else the caller
+// tries the next pod.
+func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, p *corev1.Pod, session ClaimSession, hookCalls *int) (bound *spawnerv1.SessionLivedBackend, warm, done bool, err error) {
+	hook := pool.Spec.ClaimHook
+	// Take the pod: its owner becomes the slab (a pod has one controller,
+	// so no two spawns hold it), it gets the backend label (the sweeper
+	// follows it from now on) and the slab's grace period. The
+	// resourceVersion makes the patch fail if anyone changed the pod since
+	// we saw it unclaimed. With a claim hook the backend label waits for the
+	// hook's success: the sweeper, which records Ready, follows only
+	// labelled pods, and the controller binds a stalled claim only to a
+	// labelled pod (docs/pools.md).
+	podLabels := map[string]string{}
+	if hook == nil {
+		podLabels[spawnerv1.LabelBackend] = slab.Name
+	}
+	for k, v := range slab.Spec.Template.Metadata.Labels {
+		if _, ok := p.Labels[k]; !ok {
+			podLabels[k] = v
+		}
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
+		"resourceVersion": p.ResourceVersion,
+		"labels":          podLabels,
+		"annotations": map[string]string{spawnerv1.AnnotationGracePeriodSeconds: strconv.FormatInt(
+			int64(slab.Spec.GracePeriod().Seconds()), 10)},
+		"ownerReferences": []metav1.OwnerReference{*metav1.NewControllerRef(slab, spawnerv1.SchemeGroupVersion.WithKind("SessionLivedBackend"))},
+	}})
+	if _, err := s.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			s.metrics.claimConflicts.Inc()
+			return nil, false, false, nil // taken or changed by someone else: the next one
+		}
+		s.log.Error("claim: taking a warm pod failed; going cold", "pool", pool.Name, "pod", p.Name, "err", err)
+		bound, err := s.bind(ctx, slab, slab.Name)
+		if err != nil {
+			bound, warm, err = s.current(ctx, slab, err)
+		}
+		return bound, warm, true, err
+	}
+	if hook != nil {
+		*hookCalls++
+		if err := s.deliverSession(ctx, hook, p, session); err != nil {
+			// The pod is ours and its app refused the session (or never
+			// answered): it is never handed out. Deleting it frees its
+			// place in the pool, which starts a new one.
+			s.metrics.claimHookFailures.Inc()
+			s.log.Info("claim hook failed; deleting the pod and trying another", "pool", pool.Name, "pod", p.Name, "backend", slab.Name, "err", err)
+			s.deleteTaken(ctx, p)
+			return nil, false, false, nil
+		}
+	}
+	bound, err = s.bind(ctx, slab, p.Name)
+	if err == nil {
+		return bound, true, true, nil
+	}
+	// The controller closed the claim first (we stalled past its timeout):
+	// the pod we took is not this backend's. Free it.
+	s.deleteTaken(ctx, p)
+	bound, warm, err = s.current(ctx, slab, err)
+	return bound, warm, true, err
 }
 
 // deliverSession calls the claim hook on a pod this claim took and, once it

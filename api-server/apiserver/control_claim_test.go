@@ -1,11 +1,18 @@
 package apiserver
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
@@ -45,5 +52,117 @@ func TestPoolSpawnValidation(t *testing.T) {
 	}
 	if pool.Spec.Template.Metadata.Labels != nil {
 		t.Errorf("fromPool changed the pool's template: %v", pool.Spec.Template.Metadata.Labels)
+	}
+}
+
+// lagCache makes the api-server's cached copy of pod name differ from the
+// API's, as a cache a few events behind does: edit changes the cached copy
+// only.
+func (e *testEnv) lagCache(name string, edit func(*corev1.Pod)) {
+	e.t.Helper()
+	obj, ok, err := e.s.podInf.GetStore().GetByKey(testNS + "/" + name)
+	if err != nil || !ok {
+		e.t.Fatalf("pod %s not cached (%v)", name, err)
+	}
+	p := obj.(*corev1.Pod).DeepCopy()
+	edit(p)
+	if err := e.s.podInf.GetStore().Update(p); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// conflictOnStale makes the fake API refuse a pod patch carrying the
+// resourceVersion "stale" with a conflict, as the API server refuses a
+// precondition on a version that changed since (the fake tracker keeps no
+// versions of its own).
+func (e *testEnv) conflictOnStale() *atomic.Int64 {
+	var conflicts atomic.Int64
+	e.kube.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		var p struct {
+			Metadata struct {
+				ResourceVersion string `json:"resourceVersion"`
+			} `json:"metadata"`
+		}
+		_ = json.Unmarshal(a.(k8stesting.PatchAction).GetPatch(), &p)
+		if p.Metadata.ResourceVersion == "stale" {
+			conflicts.Add(1)
+			return true, nil, apierrors.NewConflict(corev1.Resource("pods"), a.(k8stesting.PatchAction).GetName(), errors.New("the object has been modified"))
+		}
+		return false, nil, nil
+	})
+	return &conflicts
+}
+
+// TestClaimTakesAPodTheCacheDoesNotOfferYet: the pool's only pod is Ready
+// in the API but not yet in the api-server's cache (a pool's status says
+// Ready before every cache has the pod's update): the claim finds it by
+// listing the pool's pods and is warm, not cold. Before the list, such a
+// claim went cold.
+func TestClaimTakesAPodTheCacheDoesNotOfferYet(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	e.lagCache("rooms-0", func(p *corev1.Pod) { p.Status.Conditions[0].Status = corev1.ConditionFalse })
+
+	code, got, raw := e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || !*got.Warm {
+		t.Fatalf("spawn: %d %s, want a warm claim of the pod Ready in the API", code, raw)
+	}
+	if exists, backend := e.podState("rooms-0"); !exists || backend != got.Name {
+		t.Errorf("pod rooms-0: exists %v, backend %q, want %q", exists, backend, got.Name)
+	}
+	if v := e.s.metrics.claimFromList.Value(); v != 1 {
+		t.Errorf("claims from the list: %v, want 1", v)
+	}
+}
+
+// TestClaimRetriesAPodWhoseCachedVersionIsStale: the cache holds an older
+// version of the pool's only pod (the take conflicts although nobody took
+// it): the claim re-reads the pool's pods and takes it with its current
+// version. A pod the API says is no longer Ready (its app died) is never
+// taken, whatever the cache still says.
+func TestClaimRetriesAPodWhoseCachedVersionIsStale(t *testing.T) {
+	e := newTestEnv(t, "")
+	conflicts := e.conflictOnStale()
+	e.addPool("rooms", nil, 2)
+	e.lagCache("rooms-0", func(p *corev1.Pod) { p.ResourceVersion = "stale" })
+	e.lagCache("rooms-1", func(p *corev1.Pod) { p.ResourceVersion = "stale" })
+
+	code, got, raw := e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || !*got.Warm {
+		t.Fatalf("spawn: %d %s, want a warm claim despite the stale cache", code, raw)
+	}
+	if conflicts.Load() == 0 {
+		t.Fatal("no take conflicted: the test did not exercise a stale version")
+	}
+
+	// The other pod's app dies: the API has it not Ready, the cache still
+	// has the Ready version it had.
+	slab, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Get(context.Background(), got.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "rooms-0"
+	if slab.Annotations[spawnerv1.AnnotationPod] == other {
+		other = "rooms-1"
+	}
+	dead, err := e.kube.CoreV1().Pods(testNS).Get(context.Background(), other, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.Status.Conditions[0].Status = corev1.ConditionFalse
+	if _, err := e.kube.CoreV1().Pods(testNS).UpdateStatus(context.Background(), dead, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(func() bool { return len(e.s.warmCandidates(e.pool("rooms"), e.pool("rooms").TemplateHash())) == 0 })
+	e.lagCache(other, func(p *corev1.Pod) {
+		p.ResourceVersion = "stale"
+		p.Status.Conditions[0].Status = corev1.ConditionTrue
+	})
+	code, got, raw = e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || *got.Warm {
+		t.Fatalf("spawn: %d %s, want cold: the only unclaimed pod is dead", code, raw)
+	}
+	if exists, backend := e.podState(other); !exists || backend != "" {
+		t.Errorf("dead pod %s: exists %v, backend %q: it was handed out", other, exists, backend)
 	}
 }

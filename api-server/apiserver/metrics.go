@@ -29,6 +29,7 @@ type serverMetrics struct {
 	// Pool claims (control_claim.go).
 	claimWarm, claimCold *metrics.Counter
 	claimConflicts       *metrics.Counter
+	claimFromList        *metrics.Counter
 	claimHookFailures    *metrics.Counter
 	claimDuration        *metrics.Histogram
 }
@@ -69,6 +70,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 	m.claimWarm = claims.WithLabelValues("warm")
 	m.claimCold = claims.WithLabelValues("cold")
 	m.claimConflicts = r.NewCounter("spawner_api_pool_claim_conflicts_total", "Warm pods a claim lost to another spawn (or that changed under it) before it took one.")
+	m.claimFromList = r.NewCounter("spawner_api_pool_claims_from_list_total", "Warm claims of a pod the api-server's cache did not offer (not Ready there yet, or a version that changed since): found by listing the pool's pods from the API.")
 	m.claimHookFailures = r.NewCounter("spawner_api_pool_claim_hook_failures_total", "Claim hook calls that failed (non-2xx, no connection, timeout); each one's warm pod was deleted, never handed out.")
 	m.claimDuration = r.NewHistogram("spawner_api_pool_claim_duration_seconds", "Time from a pool spawn's slab created to its claim bound (warm or cold).", nil)
 	routes := r.NewCounterVec("spawner_api_router_refused_total", "Router requests not proxied, by reason.", "reason")
