@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
+	"spawner.dev/controller/reconciler"
 )
 
 // Claims: a spawn naming a BackendPool binds its new slab to one of the
@@ -295,4 +297,30 @@ func (s *Server) current(ctx context.Context, slab *spawnerv1.SessionLivedBacken
 func isWarm(slab *spawnerv1.SessionLivedBackend) bool {
 	name, ok := spawnerv1.PodNameOf(slab)
 	return ok && name != slab.Name
+}
+
+// awaitBind waits until a claiming slab (another spawn's claim, maybe in
+// another replica) is bound, and returns it as the cache then has it. A
+// claim binds within milliseconds; one whose api-server died is bound by
+// the controller after reconciler.ClaimTimeout, so the wait ends a second
+// after that at the latest, with the slab as it was.
+func (s *Server) awaitBind(ctx context.Context, slab *spawnerv1.SessionLivedBackend) *spawnerv1.SessionLivedBackend {
+	wake, unsubscribe := s.watchers.subscribe(slab.Name)
+	defer unsubscribe()
+	timeout := time.NewTimer(reconciler.ClaimTimeout + time.Second)
+	defer timeout.Stop()
+	for {
+		if cur, err := s.slabLister.Get(slab.Name); err == nil {
+			if _, bound := spawnerv1.PodNameOf(cur); bound {
+				return cur
+			}
+		}
+		select {
+		case <-wake:
+		case <-timeout.C:
+			return slab
+		case <-ctx.Done():
+			return slab
+		}
+	}
 }

@@ -7,11 +7,13 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	k8stesting "k8s.io/client-go/testing"
 
 	spawnerv1 "spawner.dev/apis/spawner/v1"
@@ -164,5 +166,47 @@ func TestClaimRetriesAPodWhoseCachedVersionIsStale(t *testing.T) {
 	}
 	if exists, backend := e.podState(other); !exists || backend != "" {
 		t.Errorf("dead pod %s: exists %v, backend %q: it was handed out", other, exists, backend)
+	}
+}
+
+// TestKeyedSpawnWaitsForAnotherClaimsBind: a spawn of a key whose backend
+// another spawn (say in the other replica) is claiming right now answers
+// once that claim is bound, with the same "warm" as the claim's own answer.
+// Before, it answered at once, "warm": false, for a backend that became
+// warm a moment later.
+func TestKeyedSpawnWaitsForAnotherClaimsBind(t *testing.T) {
+	e := newTestEnv(t, "")
+	pool := e.addPool("rooms", nil, 1)
+	salt := newSalt()
+	spec := pool.BackendSpec()
+	spec.Key = "doc"
+	claiming := &spawnerv1.SessionLivedBackend{
+		ObjectMeta: metav1.ObjectMeta{Name: keyedName("doc", 1), Namespace: testNS,
+			Labels: map[string]string{spawnerv1.LabelKeyHash: keyHashLabel("doc")},
+			Annotations: map[string]string{spawnerv1.AnnotationPool: "rooms", spawnerv1.AnnotationAccessTokenSalt: salt,
+				spawnerv1.AnnotationAccessTokenHash: hashToken(e.s.creds.access.token(salt))}},
+		Spec: spec,
+	}
+	ctx := context.Background()
+	if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Create(ctx, claiming, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(func() bool { _, err := e.s.slabLister.Get(claiming.Name); return err == nil })
+
+	const bindAfter = 300 * time.Millisecond
+	go func() {
+		time.Sleep(bindAfter)
+		patch := []byte(`{"metadata":{"annotations":{"` + spawnerv1.AnnotationPod + `":"rooms-0"}}}`)
+		if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Patch(ctx, claiming.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Error(err)
+		}
+	}()
+	start := time.Now()
+	code, got, raw := e.spawnPool(`{"pool":"rooms","key":"doc"}`)
+	if code != 200 || got.Name != claiming.Name || got.Warm == nil || !*got.Warm {
+		t.Fatalf("spawn: %d %s, want the claiming backend %s, warm", code, raw, claiming.Name)
+	}
+	if d := time.Since(start); d < bindAfter {
+		t.Errorf("answered after %v, before the claim was bound", d)
 	}
 }

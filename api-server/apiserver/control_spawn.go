@@ -129,6 +129,12 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 					s.metrics.claimCold.Inc()
 				}
 			}
+		} else if _, bound := spawnerv1.PodNameOf(got); !bound {
+			// Another spawn of this key (in any replica) is claiming
+			// this backend right now: answer once it is bound, so that
+			// "warm" says what every caller of the key gets.
+			got = s.awaitBind(r.Context(), got)
+			warmNow = isWarm(got)
 		}
 		warm = &warmNow
 	}
