@@ -50,6 +50,7 @@ type env struct {
 	sp       versioned.Interface
 	ns, node string
 	a, b     replica
+	ctrl     *clustertest.Process
 }
 
 // setup: CRD, a namespace, controller + sweeper for it, two api-servers.
@@ -60,7 +61,7 @@ func setup(t *testing.T) *env {
 	e.node = clustertest.Node(t, e.kube, clustertest.DemoImage, clustertest.SidecarImage)
 	kc := "--kubeconfig=" + os.Getenv("KUBECONFIG")
 
-	clustertest.StartController(t, e.ns, "--http-address="+freeport.Addr(t))
+	e.startController()
 	clustertest.StartSweeper(t, e.ns, e.node, freeport.Addr(t))
 
 	dir := t.TempDir()
@@ -90,6 +91,13 @@ func setup(t *testing.T) *env {
 	return e
 }
 
+// startController runs the controller for the test's namespace (again, after
+// a test killed it).
+func (e *env) startController() {
+	e.t.Helper()
+	e.ctrl = clustertest.StartController(e.t, e.ns, "--http-address="+freeport.Addr(e.t))
+}
+
 var noRedirect = &http.Client{
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	Timeout:       30 * time.Second,
@@ -97,16 +105,25 @@ var noRedirect = &http.Client{
 
 func (e *env) call(base, method, path, body string) (int, string, http.Header) {
 	e.t.Helper()
+	code, b, h, err := tryCall(base, method, path, body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return code, b, h
+}
+
+// tryCall is call for a replica that may be gone (a test killed it).
+func tryCall(base, method, path, body string) (int, string, http.Header, error) {
 	req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+controlToken)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := noRedirect.Do(req)
 	if err != nil {
-		e.t.Fatal(err)
+		return 0, "", nil, err
 	}
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode, string(b), resp.Header
+	return resp.StatusCode, string(b), resp.Header, err
 }
 
 type spawnResp struct {
