@@ -48,6 +48,13 @@ var sidecarPort = strconv.Itoa(spawnerv1.SidecarServePort)
 // public host:port; the status port is never used), its router proof and
 // whether it is going away. port is the sidecar's public port (tests
 // substitute their own).
+//
+// It is idempotent, as client-go asks of a transform: the informer may pass
+// it a pod it already trimmed. client-go v0.37's watch-list start does (the
+// reflector's temporary store transforms, then the FIFO's Replace again), so
+// a replica that started after a pod was created held it with no router
+// proof, and its sidecar refused every request that replica routed there
+// with 403: half of a backend's requests after a replica was replaced.
 func trimPod(p *corev1.Pod, port string) *corev1.Pod {
 	out := &corev1.Pod{}
 	out.Name, out.Namespace, out.UID, out.ResourceVersion = p.Name, p.Namespace, p.UID, p.ResourceVersion
@@ -67,7 +74,12 @@ func trimPod(p *corev1.Pod, port string) *corev1.Pod {
 	if p.Status.PodIP != "" {
 		out.Annotations[annotationUpstream] = net.JoinHostPort(p.Status.PodIP, port)
 	}
-	if proof := routerproof.FromPod(p, spawnerv1.SidecarContainerName); proof != "" {
+	proof := routerproof.FromPod(p, spawnerv1.SidecarContainerName)
+	if proof == "" && len(p.Spec.Containers) == 0 {
+		// Trimmed before (a pod from the API has at least one container).
+		proof = p.Annotations[annotationRouterProof]
+	}
+	if proof != "" {
 		out.Annotations[annotationRouterProof] = proof
 	}
 	return out

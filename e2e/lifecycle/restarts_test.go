@@ -3,7 +3,9 @@
 package lifecycle
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -118,4 +120,36 @@ func TestControlAPIReachableWhileEveryReplicaIsReplaced(t *testing.T) {
 	})
 	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(30)})
 	e.WaitForState(t, backend.Name, "Ready", 120*time.Second)
+}
+
+// TestBackendURLWorksOnANewReplica kills one spawner-api replica and then
+// opens a backend's URL many times, each on a new connection so that both
+// the surviving replica and the replacement answer: every answer is the
+// backend's. The soak found a replacement replica refusing about half of
+// valid URLs with 403 before this was fixed.
+func TestBackendURLWorksOnANewReplica(t *testing.T) {
+	e := framework.Deployed(t)
+	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(60)})
+	e.WaitForState(t, backend.Name, "Ready", 120*time.Second)
+	get := func(round string) {
+		t.Helper()
+		codes := map[int]int{}
+		for range 30 {
+			e.HTTP.CloseIdleConnections()
+			resp, err := e.HTTP.Get(backend.URL)
+			if err != nil {
+				t.Fatalf("%s: GET %s: %v", round, backend.URL, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			codes[resp.StatusCode]++
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("%s: GET the backend's URL: %d %s", round, resp.StatusCode, bytes.TrimSpace(body))
+			}
+		}
+		t.Logf("%s: answers %v", round, codes)
+	}
+	get("before a replica is replaced")
+	killOne(t, e, framework.PodsOf(framework.APIServer))
+	get("after a replica is replaced")
 }
