@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"spawner.dev/common/clustertest"
 	"spawner.dev/e2e/framework"
@@ -30,11 +31,21 @@ func killOne(t *testing.T, e *framework.Env, selector string) {
 	killPod(t, e, selector, pods.Items[0])
 }
 
-// killPod deletes victim with no grace period and waits until another pod
-// matching selector is running and ready.
+// killPod deletes victim with no grace period and waits until its
+// replacement — a pod matching selector that was not there before — is
+// running and ready. (Waiting for any other ready pod would return at once
+// for a component with two replicas, before the new one serves anything.)
 func killPod(t *testing.T, e *framework.Env, selector string, victim corev1.Pod) {
 	t.Helper()
 	ctx := context.Background()
+	before, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	existed := map[types.UID]bool{victim.UID: true}
+	for _, p := range before.Items {
+		existed[p.UID] = true
+	}
 	zero := int64(0)
 	if err := e.Kube.CoreV1().Pods(framework.SystemNamespace).Delete(ctx, victim.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
 		t.Fatalf("killing %s: %v", victim.Name, err)
@@ -46,7 +57,7 @@ func killPod(t *testing.T, e *framework.Env, selector string, victim corev1.Pod)
 			return false, err
 		}
 		for _, p := range pods.Items {
-			if p.UID == victim.UID || p.DeletionTimestamp != nil {
+			if existed[p.UID] || p.DeletionTimestamp != nil {
 				continue
 			}
 			for _, c := range p.Status.Conditions {
@@ -151,5 +162,7 @@ func TestBackendURLWorksOnANewReplica(t *testing.T) {
 	}
 	get("before a replica is replaced")
 	killOne(t, e, framework.PodsOf(framework.APIServer))
+	// The Service's endpoints follow the new pod's readiness a moment later.
+	time.Sleep(3 * time.Second)
 	get("after a replica is replaced")
 }
