@@ -114,13 +114,22 @@ func TestControlAPIReachableWhileEveryReplicaIsReplaced(t *testing.T) {
 		}
 	}
 	// kube-proxy (local cluster) takes a moment to route to the new pods.
-	// Each try opens a new connection: while the Service has no endpoint,
-	// a connection to its ClusterIP can reach whatever this host's network
-	// hands unknown addresses to (CI's VMs answer with an empty 404 and keep
-	// the connection alive), and a kept-alive connection to it never reaches
-	// a replica again. CI failed that way once: this test and every one after
-	// it got that 404.
-	clustertest.Eventually(t, 30*time.Second, "the control API answering after its replicas were replaced", func() (bool, error) {
+	waitControlAPI(t, e)
+	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(30)})
+	e.WaitForState(t, backend.Name, "Ready", 120*time.Second)
+}
+
+// waitControlAPI waits until the control API answers again after api-server
+// replicas were killed. Each try opens a new connection: while the Service has
+// no endpoint, a connection to its ClusterIP can reach whatever this host's
+// network hands unknown addresses to (CI's VMs answer with an empty 404 and
+// keep the connection alive), and a kept-alive connection to it never reaches
+// a replica again. CI failed that way once: that test and every one after it
+// got that 404. On kind the suite's port-forward was bound to the killed pod:
+// the first calls after a kill get EOF until the framework forwards anew.
+func waitControlAPI(t *testing.T, e *framework.Env) {
+	t.Helper()
+	clustertest.Eventually(t, 30*time.Second, "the control API answering after an api-server replica was replaced", func() (bool, error) {
 		e.HTTP.CloseIdleConnections()
 		resp, err := e.HTTP.Get(e.Control + "/spawn")
 		if err != nil {
@@ -129,8 +138,6 @@ func TestControlAPIReachableWhileEveryReplicaIsReplaced(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusMethodNotAllowed, nil
 	})
-	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(30)})
-	e.WaitForState(t, backend.Name, "Ready", 120*time.Second)
 }
 
 // TestBackendURLWorksOnANewReplica kills one spawner-api replica and then
@@ -165,4 +172,7 @@ func TestBackendURLWorksOnANewReplica(t *testing.T) {
 	// The Service's endpoints follow the new pod's readiness a moment later.
 	time.Sleep(3 * time.Second)
 	get("after a replica is replaced")
+	// The cleanup terminates the backend through the control API (on kind,
+	// through a port-forward that may have followed the killed replica).
+	waitControlAPI(t, e)
 }
