@@ -210,3 +210,28 @@ func TestKeyedSpawnWaitsForAnotherClaimsBind(t *testing.T) {
 		t.Errorf("answered after %v, before the claim was bound", d)
 	}
 }
+
+// TestClaimTriesEveryListedPod: under a burst most takes conflict (others
+// take the pods first); after the cached candidates, a claim tries every
+// pod the API listed as free before it goes cold, not just 8 of them. Here
+// the first 19 takes conflict (8 from the cache, 11 from the list) and the
+// 20th pod is still free: the claim is warm. With 8 tries after the list
+// too, 5 of 20 concurrent claims against a full pool of 20 went cold.
+func TestClaimTriesEveryListedPod(t *testing.T) {
+	e := newTestEnv(t, "")
+	var patches atomic.Int64
+	e.kube.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if patches.Add(1) <= 19 {
+			return true, nil, apierrors.NewConflict(corev1.Resource("pods"), a.(k8stesting.PatchAction).GetName(), errors.New("taken"))
+		}
+		return false, nil, nil
+	})
+	e.addPool("rooms", nil, 20)
+	code, got, raw := e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || !*got.Warm {
+		t.Fatalf("spawn after %d takes: %d %s, want warm (a listed pod was still free)", patches.Load(), code, raw)
+	}
+	if n := patches.Load(); n != 20 {
+		t.Errorf("%d takes, want 20", n)
+	}
+}
