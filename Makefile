@@ -79,9 +79,14 @@ e2e: ## deploy spawner from deploy/local, then run the end-to-end suite (a brows
 	go test -count=1 -tags cluster -timeout 30m ./e2e/lifecycle/...
 
 .PHONY: bench-e2e
-bench-e2e: ## spawn latency vs raw pods, burst, idle→swept delay; writes docs/benchmarks.md
+bench-e2e: ## spawn latency vs raw pods, burst, idle→swept delay, then warm pools (bench-pool); writes docs/benchmarks.md
 	scripts/deploy.sh
-	SPAWNER_BENCH_REPORT=$(CURDIR)/docs/benchmarks.md go test -count=1 -tags cluster -timeout 60m -v -run TestSpawnLatencyAgainstRawPods ./e2e/bench/
+	SPAWNER_BENCH_REPORT=$(CURDIR)/docs/benchmarks.md go test -count=1 -tags cluster -timeout 90m -v -run 'TestSpawnLatencyAgainstRawPods|TestWarmPoolAgainstColdSpawns' ./e2e/bench/
+
+.PHONY: bench-pool
+bench-pool: ## warm claims vs cold spawns and raw Pods (sequential, refill, bursts, idle cost of a warm pod); writes its section of docs/benchmarks.md
+	scripts/deploy.sh
+	SPAWNER_BENCH_REPORT=$(CURDIR)/docs/benchmarks.md go test -count=1 -tags cluster -timeout 60m -v -run TestWarmPoolAgainstColdSpawns ./e2e/bench/
 
 # DENSITY_CAP (200) bounds the backends spawned; the report lands in docs/density.md.
 DENSITY_CAP ?= 200
