@@ -109,6 +109,18 @@ k apply -k "$overlay" >/dev/null || die "kubectl apply -k deploy/local failed"
 if [ -n "$secret_created" ] && k -n "$NS" get pods -l app.kubernetes.io/name=spawner-api -o name 2>/dev/null | grep -q .; then
 	k -n "$NS" rollout restart deployment/spawner-api >/dev/null
 fi
+# The images are tagged :dev, so applying unchanged manifests never restarted a component that runs an
+# older build of its image (a rebuilt api-server went undeployed until its pods happened to restart).
+# Stamp each workload's pod template with its image archive's hash: a rebuilt image rolls it out, an
+# unchanged one does not.
+for w in deployment/spawner-controller daemonset/spawner-sweeper deployment/spawner-api; do
+	tar=$SPAWNER_ROOT/_output/images/${w#*/}.tar
+	[ -f "$tar" ] || continue
+	build=$(sha256sum "$tar" | cut -c1-16)
+	k -n "$NS" patch "$w" --type merge \
+		-p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"spawner.dev/image-build\":\"$build\"}}}}}" >/dev/null ||
+		die "could not stamp $w with its image build"
+done
 for w in deployment/spawner-controller daemonset/spawner-sweeper deployment/spawner-api; do
 	k -n "$NS" rollout status "$w" --timeout=180s >/dev/null ||
 		die "$w did not roll out within 180s (kubectl -n $NS describe $w; kubectl -n $NS logs $w)"
