@@ -389,3 +389,25 @@ func TestTransitionsWrittenByOthersGetEvents(t *testing.T) {
 		t.Errorf("events %q", ev)
 	}
 }
+
+// TestClaimedPodStillThePoolsInTheCacheIsNotForeign: a slab bound to a warm
+// pod it took, seen before the pod cache has the take (the pod still the
+// pool's there): the API server has the pod controlled by the slab, so the
+// backend goes on; it failed InvalidSpec ("does not belong to this
+// backend") when the cache was believed.
+func TestClaimedPodStillThePoolsInTheCacheIsNotForeign(t *testing.T) {
+	slab := newSlab()
+	slab.Annotations = map[string]string{spawnerv1.AnnotationPool: "rooms", spawnerv1.AnnotationPod: "rooms-x"}
+	taken := ownedPod(slab, func(p *corev1.Pod) { p.Name = "rooms-x" })
+	f := newFixture(t, slab, taken)
+	stale := taken.DeepCopy()
+	stale.OwnerReferences = []metav1.OwnerReference{{APIVersion: spawnerv1.SchemeGroupVersion.String(), Kind: "BackendPool",
+		Name: "rooms", UID: "pool-uid", Controller: ptr.To(true)}}
+	if err := f.podIdx.Add(stale); err != nil {
+		t.Fatal(err)
+	}
+	f.sync(slab)
+	if got := f.slab("b"); got.Status.Phase == lifecycle.Failed || !condIs(&got.Status, lifecycle.ConditionPodCreated, metav1.ConditionTrue, lifecycle.ReasonPodCreated) {
+		t.Errorf("status %+v, want the claimed pod adopted (PodCreated), not Failed", got.Status)
+	}
+}

@@ -214,6 +214,24 @@ func (c *Controller) syncLive(ctx context.Context, slab *spawnerv1.SessionLivedB
 	if status.URL == "" {
 		status.URL = c.opts.publicURL(slab.Name)
 	}
+	if foreign {
+		// The cache may lag behind a claim: the api-server takes a warm
+		// pod (its controller becomes this slab) and only then binds the
+		// slab to it, but the pod and slab watches deliver on their own, so
+		// a sync can see the bound slab while the cached pod is still the
+		// pool's. A bench of sequential claims on the local cluster failed
+		// one such backend InvalidSpec ("a pod named … does not belong to
+		// this backend"). Ask the API server before calling it foreign.
+		live, err := c.kube.CoreV1().Pods(slab.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			pod, foreign = nil, false
+		case err != nil:
+			return nil, false, 0, err
+		default:
+			pod, foreign = live, !metav1.IsControlledBy(live, slab)
+		}
+	}
 	if pod == nil && ch.isTrue(lifecycle.ConditionPodCreated) {
 		// The cache may lag behind our own create; ask the API server before
 		// declaring the pod lost.
