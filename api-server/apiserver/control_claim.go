@@ -242,10 +242,16 @@ func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 	if err == nil {
 		return bound, true, true, nil
 	}
-	// The controller closed the claim first (we stalled past its timeout):
-	// the pod we took is not this backend's. Free it.
-	s.deleteTaken(ctx, p)
+	// The controller closed the claim first (we stalled past its timeout).
+	// It binds a stalled claim to the labelled pod the claim took, so the
+	// pod may be this backend's after all; if not, free it.
 	bound, warm, err = s.current(ctx, slab, err)
+	if err == nil {
+		if name, ok := spawnerv1.PodNameOf(bound); ok && name == p.Name {
+			return bound, true, true, nil
+		}
+	}
+	s.deleteTaken(ctx, p)
 	return bound, warm, true, err
 }
 
@@ -279,12 +285,33 @@ func (s *Server) deleteTaken(ctx context.Context, p *corev1.Pod) {
 }
 
 // bind sets the slab's pod, with the slab's resourceVersion as precondition.
+// The precondition is there to lose to the controller's close of a stalled
+// claim, but any write bumps the resourceVersion: the controller writes a
+// new slab's status (its URL, Pending) while the claim runs, and on the
+// loaded local cluster that made 2 of 15 sequential claims from a full pool
+// conflict, free the pod they had taken and answer cold. So a conflict is
+// retried on the slab as it is now while it is still claiming; once it is
+// bound (the controller closed the claim) the conflict stands.
 func (s *Server) bind(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pod string) (*spawnerv1.SessionLivedBackend, error) {
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
-		"resourceVersion": slab.ResourceVersion,
-		"annotations":     map[string]string{spawnerv1.AnnotationPod: pod},
-	}})
-	return s.slabs.SpawnerV1().SessionLivedBackends(slab.Namespace).Patch(ctx, slab.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	client := s.slabs.SpawnerV1().SessionLivedBackends(slab.Namespace)
+	for attempt := 0; ; attempt++ {
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
+			"resourceVersion": slab.ResourceVersion,
+			"annotations":     map[string]string{spawnerv1.AnnotationPod: pod},
+		}})
+		bound, err := client.Patch(ctx, slab.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+		if err == nil || !apierrors.IsConflict(err) || attempt == 4 {
+			return bound, err
+		}
+		cur, gerr := client.Get(ctx, slab.Name, metav1.GetOptions{})
+		if gerr != nil {
+			return nil, err
+		}
+		if _, claimed := spawnerv1.PodNameOf(cur); claimed || cur.DeletionTimestamp != nil {
+			return nil, err
+		}
+		slab = cur
+	}
 }
 
 // current is the slab as someone else bound it after our bind failed with

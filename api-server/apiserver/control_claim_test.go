@@ -235,3 +235,30 @@ func TestClaimTriesEveryListedPod(t *testing.T) {
 		t.Errorf("%d takes, want 20", n)
 	}
 }
+
+// TestBindRetriesAConflictWhileClaiming: the controller writes a new slab's
+// status while the claim runs, which changes its resourceVersion; the bind
+// then conflicts although nobody closed the claim. It is retried on the slab
+// as it is, and the claim stays warm with the pod it took (it went cold and
+// freed the pod: 2 of 15 sequential bench claims from a full pool).
+func TestBindRetriesAConflictWhileClaiming(t *testing.T) {
+	e := newTestEnv(t, "")
+	var binds atomic.Int64
+	e.slabs.PrependReactor("patch", "sessionlivedbackends", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if strings.Contains(string(a.(k8stesting.PatchAction).GetPatch()), spawnerv1.AnnotationPod) && binds.Add(1) == 1 {
+			return true, nil, apierrors.NewConflict(spawnerv1.Resource("sessionlivedbackends"), a.(k8stesting.PatchAction).GetName(), errors.New("status written meanwhile"))
+		}
+		return false, nil, nil
+	})
+	e.addPool("rooms", nil, 1)
+	code, got, raw := e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || !*got.Warm {
+		t.Fatalf("spawn: %d %s, want warm despite one bind conflict", code, raw)
+	}
+	if exists, backend := e.podState("rooms-0"); !exists || backend != got.Name {
+		t.Errorf("pod rooms-0: exists %v, backend %q, want kept for %s", exists, backend, got.Name)
+	}
+	if n := binds.Load(); n != 2 {
+		t.Errorf("%d binds, want 2", n)
+	}
+}
