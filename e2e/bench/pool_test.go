@@ -159,11 +159,14 @@ func TestWarmPoolAgainstColdSpawns(t *testing.T) {
 	// time from a claim until it is is the refill.
 	pool := benchPool(t, e, int32(poolSize))
 	var warmReady, warmAnswer, cold, raw, refill sample
+	coldClaims := 0
 	for i := range n {
 		claimed := time.Now()
 		d, a, warm := claimReady(t, e, pool.Name)
 		if !warm {
-			t.Fatalf("claim %d from a full pool of %d went cold", i+1, poolSize)
+			coldClaims++
+			t.Errorf("claim %d from a full pool of %d went cold; the pool's pods: %s", i+1, poolSize, describePool(t, e, pool.Name))
+			continue
 		}
 		warmReady, warmAnswer = append(warmReady, d), append(warmAnswer, a)
 		// The refill is timed while the baseline runs: the pool's
@@ -190,6 +193,9 @@ func TestWarmPoolAgainstColdSpawns(t *testing.T) {
 		t.Logf("%d/%d warm %v (answered %v), refill %v; cold %v, raw Pod %v", i+1, n, d, a, refill[len(refill)-1], cold[len(cold)-1], raw[len(raw)-1])
 	}
 	fmt.Fprintf(&report, "### Warm claim vs cold spawn vs raw Pod, %d sequential claims from a pool of %d (%d cold spawns and raw Pods between them)\n\n", n, poolSize, len(cold))
+	if coldClaims > 0 {
+		fmt.Fprintf(&report, "**%d of the %d claims went cold from a full pool** (left out of the warm columns; the test fails).\n\n", coldClaims, n)
+	}
 	fmt.Fprintf(&report, "POST /spawn → the client sees Ready (the status stream's Ready event; the ready URL redirects from the same moment). "+
 		"A claim waits until the pool is full again, so each one takes a warm pod. The cold spawn and the raw Pod (a default Pod of the demo image) "+
 		"wait a random 0–1 s first, as in the cold benchmark above.\n\n")
@@ -289,6 +295,28 @@ func idleCost(t *testing.T, e *framework.Env, pool string, window time.Duration)
 	return fmt.Sprintf("CPU per pod %s of a core (app %s, sidecar %s, pause %s); memory per pod %s (app %s, sidecar %s, pause %s), %d pods measured.",
 		share((a1-a0)+(s1-s0)+(p1-p0)), share(a1-a0), share(s1-s0), share(p1-p0),
 		mib(appRSS+sideRSS+pauseRSS), mib(appRSS), mib(sideRSS), mib(pauseRSS), len(groups))
+}
+
+// describePool lists a pool's pods as a claim sees them (for a claim that
+// went cold from a full pool).
+func describePool(t *testing.T, e *framework.Env, name string) string {
+	ctx := context.Background()
+	p, err := e.Spawner.SpawnerV1().BackendPools(framework.BackendNamespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	pods, err := e.Kube.CoreV1().Pods(framework.BackendNamespace).List(ctx, metav1.ListOptions{LabelSelector: spawnerv1.LabelPool + "=" + name})
+	if err != nil {
+		return err.Error()
+	}
+	out := fmt.Sprintf("pool hash %s uid %s gen %d;", p.TemplateHash(), p.UID, p.Generation)
+	for _, pod := range pods.Items {
+		ref := metav1.GetControllerOf(&pod)
+		out += fmt.Sprintf(" [%s hash %s backend %q owner %v phase %s ip %s ready %v deleting %v rv %s]", pod.Name,
+			pod.Labels[spawnerv1.LabelPoolTemplateHash], pod.Labels[spawnerv1.LabelBackend], ref, pod.Status.Phase, pod.Status.PodIP,
+			podIsReady(&pod), pod.DeletionTimestamp != nil, pod.ResourceVersion)
+	}
+	return out
 }
 
 // loadAvg is the node's 1-minute load average (this runs on the node).
