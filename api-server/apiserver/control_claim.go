@@ -150,10 +150,10 @@ func (s *Server) freshCandidates(ctx context.Context, pool *spawnerv1.BackendPoo
 // tries every one of those before going cold. Each of them it loses was
 // taken by another spawn since the list, so a spawn goes cold only when
 // every pod Ready at its list went to others: N concurrent spawns against
-// N Ready pods all go warm. (With 8 tries after the list as well, 5 of 20
-// concurrent claims against a full pool of 20 went cold in a bench run on
-// the loaded local cluster; stopping after 8 lost takes is what lets a
-// claim go cold while a pod is still free.)
+// N Ready pods all go warm; stopping after 8 lost takes would let a claim
+// go cold while a listed pod is still free (TestClaimTriesEveryListedPod).
+// Not yet measured on its own: the bench burst that had 5 of 20 claims go
+// cold ran an older api-server, without the list or the bind retry.
 func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, hash string, session ClaimSession) (*spawnerv1.SessionLivedBackend, bool, error) {
 	hookCalls := 0
 	for round := 0; round < 2 && hookCalls < maxHookAttempts; round++ {
