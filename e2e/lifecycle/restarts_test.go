@@ -25,10 +25,18 @@ func killOne(t *testing.T, e *framework.Env, selector string) {
 	t.Helper()
 	ctx := context.Background()
 	pods, err := e.Kube.CoreV1().Pods(framework.SystemNamespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
-	if err != nil || len(pods.Items) == 0 {
-		t.Fatalf("no pod matches %s (err %v)", selector, err)
+	if err != nil {
+		t.Fatal(err)
 	}
-	killPod(t, e, selector, pods.Items[0])
+	// A live pod: one already being deleted (an old ReplicaSet's, stuck
+	// Terminating) gets no replacement to wait for.
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+			killPod(t, e, selector, p)
+			return
+		}
+	}
+	t.Fatalf("no running pod matches %s", selector)
 }
 
 // killPod deletes victim with no grace period and waits until its
