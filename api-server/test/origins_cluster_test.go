@@ -21,7 +21,7 @@ import (
 func open(t *testing.T, tab context.Context, backendURL string) {
 	t.Helper()
 	browser.Run(t, tab, 30*time.Second, "the demo room at "+backendURL, chromedp.Navigate(backendURL),
-		browser.WaitFor(`document.title === "spawner demo room"`))
+		browser.WaitFor(browser.DemoRoomShown))
 }
 
 // fetchFrom loads the /fetch page of the backend at backendURL (the demo's,

@@ -40,7 +40,7 @@ func TestBrowserSession(t *testing.T) {
 		browser.WaitFor(`document.body.innerText.includes("Starting your backend") && document.getElementById("state").textContent.startsWith("Running")`),
 	)
 	browser.Run(t, first, 90*time.Second, "the waiting page turning into the demo room",
-		browser.WaitFor(`document.title === "spawner demo room"`),
+		browser.WaitFor(browser.DemoRoomShown),
 	)
 	browser.Run(t, first, 20*time.Second, "the demo room's WebSocket connecting",
 		browser.WaitFor(`document.getElementById("state").textContent === "connected"`),

@@ -105,3 +105,10 @@ func WaitFor(expression string) chromedp.Action[chromedp.Void] {
 		}
 	}
 }
+
+// DemoRoomShown is true once the tab shows the demo app's room page
+// (e2e/demo/chat/index.html). Its title is "spawner demo room" as served and
+// becomes "spawner demo: <room>" as soon as the page's script has fetched its
+// session, which can be before a poll of the title: waiting for the first
+// title alone failed CI once (the tab showed the room, connected).
+const DemoRoomShown = `document.title === "spawner demo room" || document.title.startsWith("spawner demo: ")`
