@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,11 +13,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	k8stesting "k8s.io/client-go/testing"
 
+	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
 
@@ -260,5 +264,76 @@ func TestBindRetriesAConflictWhileClaiming(t *testing.T) {
 	}
 	if n := binds.Load(); n != 2 {
 		t.Errorf("%d binds, want 2", n)
+	}
+}
+
+// TestWarmClaimIsReadyAtOnce: a warm claim answers with a backend that is
+// already Ready: the slab records every milestone up to Ready (reason
+// WarmPodClaimed, readyTime at the claim) and its ready URL redirects on the
+// first request. Before, the slab stayed Pending until the sweeper followed
+// the claimed pod, and the ready URL answered 409 "not ready yet" with
+// Retry-After: 1 (no sweeper here: forever).
+func TestWarmClaimIsReadyAtOnce(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	before := time.Now().Add(-time.Second)
+	code, got, raw := e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || !*got.Warm {
+		t.Fatalf("spawn: %d %s, want a warm claim", code, raw)
+	}
+	slab, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Get(context.Background(), got.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := lifecycle.Phase(slab); p != lifecycle.Ready {
+		t.Fatalf("phase after a warm claim: %s, want Ready (conditions %+v)", p, slab.Status.Conditions)
+	}
+	if c := meta.FindStatusCondition(slab.Status.Conditions, lifecycle.ConditionReady); c.Reason != lifecycle.ReasonWarmPodClaimed || !strings.Contains(c.Message, "rooms-0") {
+		t.Errorf("Ready condition %+v, want reason %s naming the pod", c, lifecycle.ReasonWarmPodClaimed)
+	}
+	if rt := slab.Status.ReadyTime; rt == nil || rt.Time.Before(before) {
+		t.Errorf("readyTime %v, want the claim's time", rt)
+	}
+	start := time.Now()
+	u, err := url.Parse(got.ReadyURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := e.do("GET", u.RequestURI(), "")
+	readBody(t, resp)
+	if resp.StatusCode != http.StatusFound {
+		t.Fatalf("ready URL answered %d, want 302 at once", resp.StatusCode)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("ready URL took %v", d)
+	}
+}
+
+// TestReadyURLWaitsForAClaimedBackend: a client that asks for the ready URL
+// of a warm-bound backend before this replica's cache has its Ready (the
+// claim ran in another replica, or its status write is a moment behind)
+// waits for it instead of being sent away for a second with a 409.
+func TestReadyURLWaitsForAClaimedBackend(t *testing.T) {
+	e := newTestEnv(t, "")
+	tok := e.addBackend("b-warm", lifecycle.Running)
+	ctx := context.Background()
+	patch := []byte(`{"metadata":{"annotations":{"` + spawnerv1.AnnotationPod + `":"rooms-0"}}}`)
+	if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Patch(ctx, "b-warm", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(func() bool { s, ok := e.s.slab("b-warm"); return ok && isWarm(s) })
+	const readyAfter = 300 * time.Millisecond
+	go func() {
+		time.Sleep(readyAfter)
+		e.updatePhase("b-warm", lifecycle.Ready)
+	}()
+	start := time.Now()
+	resp := e.do("GET", "/backend/b-warm/ready?"+tokenParam+"="+url.QueryEscape(tok), "")
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusFound {
+		t.Fatalf("ready URL answered %d %s, want 302 once the backend is Ready", resp.StatusCode, body)
+	}
+	if d := time.Since(start); d < readyAfter {
+		t.Errorf("redirected after %v, before the backend was Ready", d)
 	}
 }

@@ -114,8 +114,9 @@ func (e *testEnv) addPool(name string, hook *spawnerv1.ClaimHook, n int) *spawne
 }
 
 type spawnAnswer struct {
-	Name string
-	Warm *bool
+	Name     string
+	Warm     *bool
+	ReadyURL string `json:"readyUrl"`
 }
 
 func (e *testEnv) spawnPool(body string) (int, spawnAnswer, string) {

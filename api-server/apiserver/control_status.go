@@ -208,6 +208,9 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := slab.Name
+	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && isWarm(slab) {
+		slab = s.awaitClaimedReady(r.Context(), slab)
+	}
 	st := currentStatus(slab)
 	switch phase := lifecycle.Phase(slab); {
 	case phase == lifecycle.Ready:
@@ -231,5 +234,39 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writePage(w, http.StatusConflict, awaitingControlPage, name, st)
+	}
+}
+
+// claimedReadyWait bounds how long the ready URL of a backend bound to a
+// warm pod waits for it to be Ready instead of answering 409. The claim
+// records Ready before it answers (recordClaimed), but a client that asks
+// at once may reach a replica whose cache has the bind and not yet the
+// status write (milliseconds behind); a 409 would send it away for a second
+// (Retry-After: 1). If the claim's write failed, the sweeper records Ready
+// within a second or so.
+const claimedReadyWait = 2 * time.Second
+
+// awaitClaimedReady waits up to claimedReadyWait for a warm-bound backend
+// to become Ready (or to end), and returns it as the cache then has it.
+func (s *Server) awaitClaimedReady(ctx context.Context, slab *spawnerv1.SessionLivedBackend) *spawnerv1.SessionLivedBackend {
+	wake, unsubscribe := s.watchers.subscribe(slab.Name)
+	defer unsubscribe()
+	timeout := time.NewTimer(claimedReadyWait)
+	defer timeout.Stop()
+	for {
+		cur, ok := s.slab(slab.Name)
+		if !ok || cur.UID != slab.UID {
+			return slab
+		}
+		if lifecycle.Phase(cur) == lifecycle.Ready || !live(cur) {
+			return cur
+		}
+		select {
+		case <-wake:
+		case <-timeout.C:
+			return cur
+		case <-ctx.Done():
+			return cur
+		}
 	}
 }

@@ -127,9 +127,20 @@ func TestPoolClaimUseSweepRefill(t *testing.T) {
 	if code != 201 || !ps.Spawned || !*ps.Warm {
 		t.Fatalf("claim: %d %+v, want a warm new backend", code, ps)
 	}
-	loc := e.waitReady(e.a.control, ps.Name)
+	// Ready at once: the first request for the ready URL, on the other
+	// replica, redirects (before, it answered 409 until the sweeper had
+	// recorded Ready, and the client came back a second later).
+	code, body, h := e.call(e.b.control, "GET", "/backend/"+ps.Name+"/ready", "")
 	t.Logf("warm claim: POST to ready redirect in %v", time.Since(start))
-	if loc != ps.URL {
+	if code != http.StatusFound {
+		t.Fatalf("ready URL right after a warm claim, on the other replica: %d %s, want 302", code, body)
+	}
+	loc := h.Get("Location")
+	if code, body, _ := e.call(e.a.control, "GET", "/backend/"+ps.Name+"/status", ""); code != 200 ||
+		!strings.Contains(body, `"state":"Ready"`) || !strings.Contains(body, `"reason":"WarmPodClaimed"`) {
+		t.Errorf("status right after a warm claim: %d %s, want Ready, reason WarmPodClaimed", code, body)
+	}
+	if onRouter(loc, e.a.router) != onRouter(ps.URL, e.a.router) {
 		t.Fatalf("ready redirect %q, spawn url %q", loc, ps.URL)
 	}
 	pod := e.claimedPod(ps.Name)

@@ -54,6 +54,10 @@ const (
 	ReasonStartupTimeout       = "StartupTimeout"
 	ReasonPodLost              = "PodLost"
 	ReasonInvalidSpec          = "InvalidSpec"
+	// ReasonWarmPodClaimed: the backend was bound to a pool's warm pod,
+	// already running and listening, so it passed every milestone up to
+	// Ready at the claim (RecordClaimed).
+	ReasonWarmPodClaimed = "WarmPodClaimed"
 )
 
 // Milestone is a phase and the condition that records it.
@@ -128,6 +132,28 @@ func Record(status *spawnerv1.SessionLivedBackendStatus, conditionType, reason, 
 		if status.Reason != reason || status.Message != message {
 			status.Reason, status.Message = reason, message
 			changed = true
+		}
+	}
+	return changed
+}
+
+// RecordClaimed records every milestone up to Ready at once, reason
+// ReasonWarmPodClaimed, for a backend the api-server bound to a pool's warm
+// pod whose app already listens: the backend is Ready at its claim, not a
+// sweeper's round trip later (issue #16; docs/pools.md). Milestones already
+// true keep their reason and time. It records nothing on a backend that may
+// no longer progress (CanRecord), and reports whether anything changed.
+func RecordClaimed(status *spawnerv1.SessionLivedBackendStatus, message string, generation int64) bool {
+	changed := false
+	for _, m := range milestones {
+		if !CanRecord(PhaseOf(status.Conditions), m.Condition) {
+			return changed
+		}
+		if !meta.IsStatusConditionTrue(status.Conditions, m.Condition) {
+			changed = Record(status, m.Condition, ReasonWarmPodClaimed, message, generation) || changed
+		}
+		if m.Phase == Ready {
+			return changed
 		}
 	}
 	return changed

@@ -3,6 +3,9 @@ package lifecycle
 import (
 	"testing"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
 
@@ -143,4 +146,52 @@ func TestRecordWritesWhyTheBackendEnds(t *testing.T) {
 			t.Errorf("after %s: reason %q message %q, want Why/because", c, st.Reason, st.Message)
 		}
 	}
+}
+
+func TestRecordClaimedPassesEveryMilestoneUpToReady(t *testing.T) {
+	var status spawnerv1.SessionLivedBackendStatus
+	Record(&status, ConditionPodCreated, ReasonPodCreated, "by the controller", 1)
+	if !RecordClaimed(&status, "claimed warm pod rooms-x", 1) {
+		t.Fatal("RecordClaimed reported no change")
+	}
+	if status.Phase != Ready {
+		t.Fatalf("phase %s, want Ready", status.Phase)
+	}
+	for _, m := range Milestones()[:4] {
+		c := findCondition(status.Conditions, m.Condition)
+		if c == nil || c.Status != "True" {
+			t.Fatalf("%s not true after a claim: %+v", m.Condition, status.Conditions)
+		}
+		want := ReasonWarmPodClaimed
+		if m.Condition == ConditionPodCreated {
+			want = ReasonPodCreated // already true: kept
+		}
+		if c.Reason != want {
+			t.Errorf("%s: reason %s, want %s", m.Condition, c.Reason, want)
+		}
+	}
+	for _, c := range []string{ConditionSwept, ConditionTerminating, ConditionFailed} {
+		if findCondition(status.Conditions, c) != nil {
+			t.Errorf("RecordClaimed recorded %s", c)
+		}
+	}
+	if RecordClaimed(&status, "claimed warm pod rooms-x", 1) {
+		t.Error("a second RecordClaimed reported a change")
+	}
+}
+
+func TestRecordClaimedDoesNotReviveAnEndingBackend(t *testing.T) {
+	for _, end := range []string{ConditionSwept, ConditionTerminating, ConditionFailed} {
+		var status spawnerv1.SessionLivedBackendStatus
+		Record(&status, ConditionPodCreated, ReasonPodCreated, "", 1)
+		Record(&status, end, ReasonTerminationRequested, "", 1)
+		before := status.Phase
+		if RecordClaimed(&status, "late claim", 1) || status.Phase != before {
+			t.Errorf("after %s: RecordClaimed changed the status (phase %s)", end, status.Phase)
+		}
+	}
+}
+
+func findCondition(cs []metav1.Condition, t string) *metav1.Condition {
+	return meta.FindStatusCondition(cs, t)
 }

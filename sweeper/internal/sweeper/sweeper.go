@@ -353,15 +353,19 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 			return
 		}
 		if meta.IsStatusConditionTrue(slab.Status.Conditions, lifecycle.ConditionReady) {
-			// Already Ready (say, recorded before this sweeper restarted):
-			// count from its readyTime. That is second-truncated, which can
-			// only matter when nothing happened since Ready, and even then
-			// the deadline is never before the sidecar's last_active + grace.
+			// Already Ready: recorded before this sweeper restarted, or by
+			// the api-server at a warm claim a moment ago. Count from its
+			// readyTime, which the API stores truncated to the second:
+			// readyAt rounds it up, bounded by now, so the grace clock never
+			// starts before the backend was Ready. A claimed warm pod's
+			// sidecar has been idle since the pod started; counting from
+			// the truncated readyTime swept such a backend up to a second
+			// before its grace period after the claim had passed.
 			since := received
 			if rt := slab.Status.ReadyTime; rt != nil {
-				since = rt.Time
+				since = readyAt(rt.Time, received)
 			} else if tt := lifecycle.TransitionTime(slab.Status.Conditions, lifecycle.ConditionReady); tt != nil {
-				since = tt.Time
+				since = readyAt(tt.Time, received)
 			}
 			b.readyRecorded(since, false, keepalive)
 			return
@@ -391,6 +395,21 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 			return
 		}
 	}
+}
+
+// readyAt is when a backend became Ready, from a time the API stored
+// truncated to the second (readyTime, a condition's lastTransitionTime) and
+// now: the true time lies in [stored, stored+1s] and is not after now (give
+// or take the claim's own few milliseconds).
+func readyAt(stored, now time.Time) time.Time {
+	up := stored.Add(time.Second)
+	if now.Before(up) {
+		up = now
+	}
+	if up.Before(stored) {
+		return stored
+	}
+	return up
 }
 
 // keepaliveOf is the slab's last keepalive call (zero for none).

@@ -600,3 +600,41 @@ var testLogLevel = func() slog.Level {
 	}
 	return slog.LevelWarn
 }()
+
+// TestClaimedBackendGetsItsGraceFromTheClaim: the api-server recorded Ready
+// at a warm claim 10.7 s after the pod started (its sidecar idle since
+// then); the API keeps readyTime to the second (10 s). The sweeper, which
+// follows the pod from the claim on, sweeps it a full grace period after the
+// claim (15.7 s), not after the truncated readyTime (15 s: 0.7 s early).
+func TestClaimedBackendGetsItsGraceFromTheClaim(t *testing.T) {
+	h := newHarness(t, Event{Ready: true}, lifecycle.ConditionReady)
+	slab := h.slab()
+	rt := metav1.NewTime(h.t0.Add(10 * time.Second)) // 10.7 s, as stored
+	slab.Status.ReadyTime = &rt
+	h.client.SpawnerV1().SessionLivedBackends("ns").UpdateStatus(context.Background(), slab, metav1.UpdateOptions{})
+	h.clock.Advance(10700 * time.Millisecond)
+	b := h.follow()
+	h.waitState(b, Event{Ready: true, LastActive: h.t0})
+	h.waitFor("timer", func() bool { return h.clock.pending() == 1 })
+	h.clock.Advance(testGrace - 100*time.Millisecond) // 15.6 s
+	if p := h.phase(); p != lifecycle.Ready {
+		t.Fatalf("swept %v before its grace period after the claim ended: %s", 100*time.Millisecond, p)
+	}
+	h.clock.Advance(200 * time.Millisecond)
+	if p := h.phase(); p != lifecycle.Swept {
+		t.Fatalf("not swept a grace period after the claim: %s", p)
+	}
+}
+
+func TestReadyAtRoundsATruncatedTimeUpToNow(t *testing.T) {
+	s := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	for _, c := range []struct{ now, want time.Duration }{
+		{700 * time.Millisecond, 700 * time.Millisecond}, // just recorded: now
+		{time.Hour, time.Second},                         // long ago: the latest it can have been
+		{-5 * time.Millisecond, 0},                       // now a hair before the stored second: the stored time
+	} {
+		if got := readyAt(s, s.Add(c.now)); !got.Equal(s.Add(c.want)) {
+			t.Errorf("readyAt(s, s%+v) = s%+v, want s%+v", c.now, got.Sub(s), c.want)
+		}
+	}
+}
