@@ -213,6 +213,34 @@ type GaugeVec struct{ v *vec[Gauge] }
 // WithLabelValues returns the child for the given label values.
 func (g *GaugeVec) WithLabelValues(values ...string) *Gauge { return g.v.get(values) }
 
+// Sample is one series of a family: its label values (in the order the
+// labels were declared) and its value.
+type Sample struct {
+	Labels []string
+	Value  float64
+}
+
+// Replace makes samples the family's only series, in one step for a
+// concurrent scrape: a series not among them is dropped, as for an object
+// that no longer exists (a deleted pool, say).
+func (g *GaugeVec) Replace(samples []Sample) {
+	v := g.v
+	children := make(map[string]*Gauge, len(samples))
+	values := make(map[string][]string, len(samples))
+	for _, smp := range samples {
+		if len(smp.Labels) != len(v.labels) {
+			panic(fmt.Sprintf("metrics: %s wants %d label values, got %d", v.name, len(v.labels), len(smp.Labels)))
+		}
+		key := strings.Join(smp.Labels, "\xff")
+		c := &Gauge{}
+		c.Set(smp.Value)
+		children[key], values[key] = c, append([]string(nil), smp.Labels...)
+	}
+	v.mu.Lock()
+	v.children, v.values = children, values
+	v.mu.Unlock()
+}
+
 // NewGaugeVec registers a labelled gauge family.
 func (r *Registry) NewGaugeVec(name, help string, labels ...string) *GaugeVec {
 	v := &vec[Gauge]{name: name, help: help, kind: "gauge", labels: labels, children: map[string]*Gauge{}, values: map[string][]string{},

@@ -137,3 +137,17 @@ func BenchmarkCounterInc(b *testing.B) {
 		}
 	})
 }
+
+func TestGaugeVecReplaceDropsSeriesNotGiven(t *testing.T) {
+	r := NewRegistry()
+	g := r.NewGaugeVec("pool_pods", "Pods.", "pool", "state")
+	g.Replace([]Sample{{[]string{"a", "ready"}, 3}, {[]string{"b", "ready"}, 1}})
+	g.Replace([]Sample{{[]string{"a", "ready"}, 2}})
+	var b strings.Builder
+	if _, err := r.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.String(); !strings.Contains(got, `pool_pods{pool="a",state="ready"} 2`+"\n") || strings.Contains(got, `pool="b"`) {
+		t.Errorf("after Replace:\n%s", got)
+	}
+}

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -28,9 +29,12 @@ type Metrics struct {
 	slabsDeleted    *metrics.Counter
 	spawnToReady    *metrics.Histogram
 	backends        *metrics.GaugeVec
+	poolPods        *metrics.GaugeVec
 
 	queueDepth func() float64
 	slabs      spawnerlisters.SessionLivedBackendLister
+	// pools is set while this controller leads (run.go), read by scrapes.
+	pools atomic.Pointer[spawnerlisters.BackendPoolLister]
 }
 
 // allPhases are reported even at zero, so dashboards see every series.
@@ -57,6 +61,9 @@ func NewMetrics() *Metrics {
 	for _, p := range allPhases {
 		m.backends.WithLabelValues(string(p))
 	}
+	m.poolPods = r.NewGaugeVec("spawner_controller_pool_pods",
+		"Pods of each BackendPool by state (ready: warm and claimable; starting: warm, not Ready yet; claimed: live backends claimed from it), from its status.",
+		"namespace", "pool", "state")
 	m.transitions = r.NewCounterVec("spawner_controller_phase_transitions_total", "Phase transitions recorded by this controller, by new phase.", "phase")
 	m.podsCreated = r.NewCounter("spawner_controller_pods_created_total", "Backend pods created.")
 	m.podsDeleted = r.NewCounter("spawner_controller_pods_deleted_total", "Backend pods deleted (failed or terminated backends).")
@@ -101,5 +108,31 @@ func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			m.backends.WithLabelValues(string(p)).Set(float64(counts[p]))
 		}
 	}
+	if pools := m.pools.Load(); pools != nil {
+		var samples []metrics.Sample
+		if list, err := (*pools).List(labels.Everything()); err == nil {
+			for _, p := range list {
+				for state, n := range map[string]int32{"ready": p.Status.ReadyReplicas, "starting": p.Status.StartingReplicas, "claimed": p.Status.ClaimedReplicas} {
+					samples = append(samples, metrics.Sample{Labels: []string{p.Namespace, p.Name, state}, Value: float64(n)})
+				}
+			}
+		}
+		m.poolPods.Replace(samples)
+	}
 	m.Registry.ServeHTTP(w, r)
+}
+
+// followPools makes scrapes report the pools of lister
+// (spawner_controller_pool_pods); nil stops it (this controller no longer
+// leads, and its cache is gone).
+func (m *Metrics) followPools(lister spawnerlisters.BackendPoolLister) {
+	if m == nil {
+		return
+	}
+	if lister == nil {
+		m.pools.Store(nil)
+		m.poolPods.Replace(nil)
+		return
+	}
+	m.pools.Store(&lister)
 }

@@ -249,6 +249,8 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		controller.Store(c)
+		m.followPools(spawnerFactory.Spawner().V1().BackendPools().Lister())
+		defer m.followPools(nil)
 		spawnerFactory.Start(ctx.Done())
 		kubeFactory.Start(ctx.Done())
 		defer spawnerFactory.Shutdown()
