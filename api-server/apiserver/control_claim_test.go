@@ -317,7 +317,7 @@ func TestReadyURLWaitsForAClaimedBackend(t *testing.T) {
 	e := newTestEnv(t, "")
 	tok := e.addBackend("b-warm", lifecycle.Running)
 	ctx := context.Background()
-	patch := []byte(`{"metadata":{"annotations":{"` + spawnerv1.AnnotationPod + `":"rooms-0"}}}`)
+	patch := []byte(`{"metadata":{"annotations":{"` + spawnerv1.AnnotationPod + `":"rooms-0","` + spawnerv1.AnnotationPool + `":"rooms"}}}`)
 	if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Patch(ctx, "b-warm", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -335,5 +335,44 @@ func TestReadyURLWaitsForAClaimedBackend(t *testing.T) {
 	}
 	if d := time.Since(start); d < readyAfter {
 		t.Errorf("redirected after %v, before the backend was Ready", d)
+	}
+}
+
+// TestReadyURLAsksTheAPIWhenTheCacheIsBehind: under a burst of claims a
+// replica's cache can be seconds behind: it may have a claimed backend as
+// just created (claiming, not bound) while the API has it bound and Ready.
+// The ready URL asks the API and redirects at once; it answered 409 "not
+// ready yet" (70 of 100 claims of a burst did).
+func TestReadyURLAsksTheAPIWhenTheCacheIsBehind(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	code, got, raw := e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || !*got.Warm {
+		t.Fatalf("spawn: %d %s, want a warm claim", code, raw)
+	}
+	e.eventually(func() bool { s, ok := e.s.slab(got.Name); return ok && lifecycle.Phase(s) == lifecycle.Ready })
+	// The cache goes back to the slab as created: claiming, Pending.
+	obj, ok, err := e.s.slabInf.GetStore().GetByKey(testNS + "/" + got.Name)
+	if err != nil || !ok {
+		t.Fatalf("slab not cached (%v)", err)
+	}
+	behind := obj.(*spawnerv1.SessionLivedBackend).DeepCopy()
+	delete(behind.Annotations, spawnerv1.AnnotationPod)
+	behind.Status = spawnerv1.SessionLivedBackendStatus{}
+	if err := e.s.slabInf.GetStore().Update(behind); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(got.ReadyURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resp := e.do("GET", u.RequestURI(), "")
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusFound {
+		t.Fatalf("ready URL with the cache behind: %d %s, want 302", resp.StatusCode, body)
+	}
+	if d := time.Since(start); d > claimedReadyWait/2 {
+		t.Errorf("took %v: it waited on the cache instead of asking the API", d)
 	}
 }

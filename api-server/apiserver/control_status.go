@@ -208,8 +208,8 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := slab.Name
-	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && isWarm(slab) {
-		slab = s.awaitClaimedReady(r.Context(), slab)
+	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" {
+		slab = s.claimedState(r.Context(), slab)
 	}
 	st := currentStatus(slab)
 	switch phase := lifecycle.Phase(slab); {
@@ -238,28 +238,35 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 }
 
 // claimedReadyWait bounds how long the ready URL of a backend bound to a
-// warm pod waits for it to be Ready instead of answering 409. The claim
-// records Ready before it answers (recordClaimed), but a client that asks
-// at once may reach a replica whose cache has the bind and not yet the
-// status write (milliseconds behind); a 409 would send it away for a second
-// (Retry-After: 1). If the claim's write failed, the sweeper records Ready
-// within a second or so.
+// warm pod waits for it to be Ready instead of answering 409, when even the
+// API does not have it Ready: its claim's status write failed, and the
+// sweeper records Ready within a second or so.
 const claimedReadyWait = 2 * time.Second
 
-// awaitClaimedReady waits up to claimedReadyWait for a warm-bound backend
-// to become Ready (or to end), and returns it as the cache then has it.
-func (s *Server) awaitClaimedReady(ctx context.Context, slab *spawnerv1.SessionLivedBackend) *spawnerv1.SessionLivedBackend {
+// claimedState is a pool backend that this replica's cache has not Ready,
+// as the API has it, and, if it is bound to a warm pod and not Ready there
+// either, as the cache has it once Ready, ended or claimedReadyWait later.
+// The claim records Ready before it answers (recordClaimed), but the client
+// may ask a replica whose cache is behind: by milliseconds on a quiet
+// cluster, by seconds under a burst of claims (70 of 100 burst claims got
+// their 409 "not ready yet" from a cache that did not even have the bind
+// yet, with Retry-After: 1). One GET answers that; it is only for pool
+// backends the cache has not Ready.
+func (s *Server) claimedState(ctx context.Context, slab *spawnerv1.SessionLivedBackend) *spawnerv1.SessionLivedBackend {
+	cur, err := s.slabs.SpawnerV1().SessionLivedBackends(slab.Namespace).Get(ctx, slab.Name, metav1.GetOptions{})
+	if err != nil || cur.UID != slab.UID {
+		return slab
+	}
+	if lifecycle.Phase(cur) == lifecycle.Ready || !live(cur) || !isWarm(cur) {
+		return cur
+	}
 	wake, unsubscribe := s.watchers.subscribe(slab.Name)
 	defer unsubscribe()
 	timeout := time.NewTimer(claimedReadyWait)
 	defer timeout.Stop()
 	for {
-		cur, ok := s.slab(slab.Name)
-		if !ok || cur.UID != slab.UID {
-			return slab
-		}
-		if lifecycle.Phase(cur) == lifecycle.Ready || !live(cur) {
-			return cur
+		if c, ok := s.slab(slab.Name); ok && c.UID == slab.UID && (lifecycle.Phase(c) == lifecycle.Ready || !live(c)) {
+			return c
 		}
 		select {
 		case <-wake:
