@@ -55,6 +55,9 @@ type Options struct {
 	// controller waits for it to disappear before deleting the slab anyway
 	// (the garbage collector then finishes the pod).
 	PodGoneTimeout time.Duration
+	// PoolMaxStarting bounds the warm pods each BackendPool starts at once
+	// (pool.Options.MaxStarting; 0: pool.DefaultMaxStarting).
+	PoolMaxStarting int
 }
 
 // Controller reconciles SessionLivedBackends with their pods.

@@ -27,7 +27,7 @@ func newPoolController(sp versioned.Interface, kube kubernetes.Interface, spawne
 		Kube: kube, Spawner: sp,
 		PoolInformer: pools.Informer(), Pools: pools.Lister(),
 		PodInformer: pods.Informer(), Pods: pods.Lister(),
-		Recorder: recorder, Logger: log,
+		Recorder: recorder, Logger: log, MaxStarting: opts.PoolMaxStarting,
 		BuildPod: func(p *spawnerv1.BackendPool, hash string) *corev1.Pod {
 			return BuildWarmPod(p, hash, opts.Sidecar, opts.AppResources)
 		},

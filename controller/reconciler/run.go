@@ -27,6 +27,7 @@ import (
 	"spawner.dev/common/env"
 	"spawner.dev/common/kubeclient"
 	"spawner.dev/common/logs"
+	"spawner.dev/controller/pool"
 	"spawner.dev/generated/clientset/versioned"
 	spawnerscheme "spawner.dev/generated/clientset/versioned/scheme"
 	"spawner.dev/generated/informers/externalversions"
@@ -47,6 +48,7 @@ type Config struct {
 	FailedRetention      time.Duration
 	Namespace            string
 	Workers              int
+	PoolMaxStarting      int
 	ResyncPeriod         time.Duration
 	HTTPAddress          string
 
@@ -100,6 +102,7 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.FailedRetention, "failed-retention", 10*time.Minute, "how long a Failed slab is kept before it is deleted (its pod is deleted at once)")
 	fs.StringVar(&c.Namespace, "namespace", "", "watch only this namespace (default: all namespaces)")
 	fs.IntVar(&c.Workers, "workers", 16, "slabs synced concurrently")
+	fs.IntVar(&c.PoolMaxStarting, "pool-max-starting", pool.DefaultMaxStarting, "warm pods each BackendPool starts at once (created, not Ready yet); a pool refilling after a burst of claims starts no more than this (0: the default)")
 	fs.DurationVar(&c.ResyncPeriod, "resync-period", 10*time.Minute, "informer resync: every slab is re-synced this often as a safety net (0 disables)")
 	fs.StringVar(&c.HTTPAddress, "http-address", ":8080", "address serving /healthz, /readyz and /metrics (empty disables)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", true, "run only while holding the Lease lock, so replicas can stand by")
@@ -113,7 +116,10 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 
 // Options turns the flags into controller options.
 func (c *Config) Options() (Options, error) {
-	o := Options{PublicBaseURL: c.PublicBaseURL, PublicHostSuffix: c.PublicHostSuffix, StartupTimeout: c.StartupTimeout, FailedRetention: c.FailedRetention}
+	o := Options{PublicBaseURL: c.PublicBaseURL, PublicHostSuffix: c.PublicHostSuffix, StartupTimeout: c.StartupTimeout, FailedRetention: c.FailedRetention, PoolMaxStarting: c.PoolMaxStarting}
+	if c.PoolMaxStarting < 0 {
+		return o, fmt.Errorf("--pool-max-starting must not be negative, got %d", c.PoolMaxStarting)
+	}
 	if c.PublicHostSuffix != "" && c.PublicBaseURL == "" {
 		return o, errors.New("--public-host-suffix needs --public-base-url (its scheme and port)")
 	}

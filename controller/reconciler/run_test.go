@@ -28,7 +28,7 @@ func TestFlagDefaults(t *testing.T) {
 	}
 	if o.Sidecar.Image != DefaultSidecarImage || o.Sidecar.PullPolicy != corev1.PullIfNotPresent ||
 		o.StartupTimeout != 5*time.Minute || o.FailedRetention != 10*time.Minute || o.Sidecar.CPURequest.String() != "1m" ||
-		o.Sidecar.MemoryRequest.String() != "4Mi" {
+		o.Sidecar.MemoryRequest.String() != "4Mi" || o.PoolMaxStarting != 10 {
 		t.Errorf("defaults %+v", o)
 	}
 	if !c.LeaderElect || c.LeaderElectionID != "spawner-controller" || c.Kube.QPS <= 5 || c.Workers < 1 {
@@ -46,6 +46,7 @@ func TestFlagsFromEnvAndValidation(t *testing.T) {
 		{"--sidecar-image-pull-policy=Sometimes"},
 		{"--sidecar-image="},
 		{"--workers=0"},
+		{"--pool-max-starting=-1"},
 		{"--sidecar-cpu-request=lots"},
 		{"--startup-timeout=-1s"},
 		{"--public-host-suffix=backends.example.com"}, // no base URL to take the scheme from
