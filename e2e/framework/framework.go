@@ -264,11 +264,21 @@ func (e *Env) Stream(ctx context.Context, t testing.TB, name string) <-chan Stat
 	req.Header.Set("Authorization", "Bearer "+e.Token)
 	// A replica killed a moment ago stays behind the Service until
 	// kube-proxy catches up: a refused connection is retried, like a
-	// browser's EventSource would.
+	// browser's EventSource would. So is an answer that is not spawner's
+	// (every error of its control API is JSON): while the Service has no
+	// endpoint, or kind's port-forward is moving to a live replica, the
+	// request can reach something else on this host's network, which
+	// answers 404 (a 3-node kind run failed that way right after an
+	// api-server replica was killed).
 	var resp *http.Response
 	for attempt := 0; ; attempt++ {
 		resp, err = (&http.Client{}).Do(req)
-		if err == nil || attempt == 20 || ctx.Err() != nil {
+		notSpawners := err == nil && resp.StatusCode != http.StatusOK && !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json")
+		if notSpawners && attempt < 20 && ctx.Err() == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("answered %d, not as spawner", resp.StatusCode)
+		}
+		if (err == nil && !notSpawners) || attempt == 20 || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)

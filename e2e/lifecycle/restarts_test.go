@@ -99,6 +99,7 @@ func TestLifecycleSurvivesComponentRestarts(t *testing.T) {
 	conn.Close()
 	killOne(t, e, framework.PodsOf(framework.APIServer))
 	killOne(t, e, framework.PodsOf(framework.Controller))
+	waitControlAPI(t, e) // on kind the suite's port-forward may have been bound to the killed replica
 	e.WaitForState(t, backend.Name, "Swept", time.Duration(grace+60)*time.Second)
 	e.WaitGone(t, backend.Name, 60*time.Second)
 }
