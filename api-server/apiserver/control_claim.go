@@ -241,7 +241,7 @@ func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 	}
 	bound, err = s.bind(ctx, slab, p.Name)
 	if err == nil {
-		return s.recordClaimed(ctx, bound, pool, p), true, true, nil
+		return bound, true, true, nil
 	}
 	// The controller closed the claim first (we stalled past its timeout).
 	// It binds a stalled claim to the labelled pod the claim took, so the
@@ -256,24 +256,26 @@ func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 	return bound, warm, true, err
 }
 
-// recordClaimed makes a backend just bound to warm pod p Ready at once: one
-// status write recording every milestone up to Ready
-// (lifecycle.RecordClaimed) with readyTime and lastActiveTime now, so the
-// grace clock starts at the claim. The pod was Ready when taken (claimable;
-// the API's list when the cache lagged) and its hook, if any, succeeded.
-// Without it the sweeper recorded Ready once it followed the claimed pod: a
-// hop of p50 ~200 ms on the loaded local cluster (bench-pool: answer p50 70
-// ms, Ready p50 270 ms), and the ready URL answered 409 "not ready yet"
-// until then. The sweeper still follows the pod and finds Ready recorded
-// (it keeps readyTime). A write that fails leaves the sweeper to record
-// Ready as before; it returns the slab as last written.
-func (s *Server) recordClaimed(ctx context.Context, bound *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, p *corev1.Pod) *spawnerv1.SessionLivedBackend {
+// recordClaimed records a backend just bound to a warm pod Ready: one
+// status write of every milestone up to Ready (lifecycle.RecordClaimed) with
+// readyTime and lastActiveTime at the claim, so the grace clock starts
+// there. The pod was Ready when taken (claimable; the API's list when the
+// cache lagged) and its hook, if any, succeeded. handleSpawn runs it after
+// it answered (recordClaimedAfter): the answer does not wait for it, nor does
+// the ready URL, which redirects a live backend bound to a warm pod
+// (claimDone). It was the last of a claim's four sequential API writes, ~24
+// ms of a warm spawn's ~100 ms on the local cluster (make bench-pool,
+// 2026-12-01; docs/benchmarks.md). Without it the sweeper records Ready once
+// it follows the claimed pod (p50 ~200 ms later), and it keeps this
+// readyTime when it comes after. A write that fails leaves it to the
+// sweeper.
+func (s *Server) recordClaimed(ctx context.Context, bound *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, pod string) *spawnerv1.SessionLivedBackend {
 	client := s.slabs.SpawnerV1().SessionLivedBackends(bound.Namespace)
 	now := metav1.NewTime(time.Now())
 	cur := bound
 	for attempt := 1; ; attempt++ {
 		next := cur.DeepCopy()
-		if !lifecycle.RecordClaimed(&next.Status, fmt.Sprintf("claimed warm pod %s of pool %s; its application already listens", p.Name, pool.Name), next.Generation) {
+		if !lifecycle.RecordClaimed(&next.Status, fmt.Sprintf("claimed warm pod %s of pool %s; its application already listens", pod, pool.Name), next.Generation) {
 			return cur
 		}
 		next.Status.ReadyTime = &now
@@ -283,7 +285,7 @@ func (s *Server) recordClaimed(ctx context.Context, bound *spawnerv1.SessionLive
 			return written
 		}
 		if !apierrors.IsConflict(err) || attempt == 4 {
-			s.log.Error("recording a claimed backend Ready; the sweeper will", "backend", bound.Name, "pod", p.Name, "err", err)
+			s.log.Error("recording a claimed backend Ready; the sweeper will", "backend", bound.Name, "pod", pod, "err", err)
 			return cur
 		}
 		// The controller wrote its status meanwhile (it follows the bind).
@@ -291,12 +293,29 @@ func (s *Server) recordClaimed(ctx context.Context, bound *spawnerv1.SessionLive
 		if gerr != nil {
 			return cur
 		}
-		if name, ok := spawnerv1.PodNameOf(got); !ok || name != p.Name {
+		if name, ok := spawnerv1.PodNameOf(got); !ok || name != pod {
 			return got
 		}
 		cur = got
 	}
 }
+
+// recordClaimedAfter runs recordClaimed for warm pod pod of pool in the
+// background, so that the spawn answers first. It has its own deadline, not
+// the request's (the client may hang up once answered); Run waits for it
+// on shutdown.
+func (s *Server) recordClaimedAfter(ctx context.Context, bound *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, pod string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordClaimedTimeout)
+	s.background.Add(1)
+	go func() {
+		defer s.background.Done()
+		defer cancel()
+		s.recordClaimed(ctx, bound, pool, pod)
+	}()
+}
+
+// recordClaimedTimeout bounds recordClaimed's writes and re-reads.
+const recordClaimedTimeout = 10 * time.Second
 
 // deliverSession calls the claim hook on a pod this claim took and, once it
 // succeeded, labels the pod with its backend: from then on the sweeper

@@ -125,6 +125,10 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 				s.metrics.claimDuration.Observe(time.Since(start).Seconds())
 				if warmNow {
 					s.metrics.claimWarm.Inc()
+					// Its status says Ready a write later; the answer
+					// and the ready URL (claimDone) need not wait.
+					pod, _ := spawnerv1.PodNameOf(got)
+					s.recordClaimedAfter(r.Context(), got, pool, pod)
 				} else {
 					s.metrics.claimCold.Inc()
 				}

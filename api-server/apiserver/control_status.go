@@ -208,12 +208,12 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := slab.Name
-	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" {
+	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" && !claimDone(slab) {
 		slab = s.claimedState(r.Context(), slab)
 	}
 	st := currentStatus(slab)
 	switch phase := lifecycle.Phase(slab); {
-	case phase == lifecycle.Ready:
+	case phase == lifecycle.Ready || (live(slab) && claimDone(slab)):
 		tok, ok := s.creds.access.tokenFor(slab)
 		if !ok {
 			writeError(w, http.StatusInternalServerError, "backend has no access-token salt")
@@ -237,43 +237,28 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// claimedReadyWait bounds how long the ready URL of a backend bound to a
-// warm pod waits for it to be Ready instead of answering 409, when even the
-// API does not have it Ready: its claim's status write failed, and the
-// sweeper records Ready within a second or so.
-const claimedReadyWait = 2 * time.Second
+// claimDone reports whether a backend's warm claim is complete: it is bound
+// to a pool's warm pod, which was Ready when taken and whose claim hook, if
+// any, took the session (a claim binds only then, and so does the
+// controller when it closes a stalled claim). Such a backend is Ready at its
+// bind: the ready URL redirects it although its status may say Ready only a
+// write later (recordClaimed runs after the spawn answered), and the router
+// waits for that write, milliseconds, like for any starting backend.
+func claimDone(slab *spawnerv1.SessionLivedBackend) bool {
+	return slab.Annotations[spawnerv1.AnnotationPool] != "" && isWarm(slab)
+}
 
-// claimedState is a pool backend that this replica's cache has not Ready,
-// as the API has it, and, if it is bound to a warm pod and not Ready there
-// either, as the cache has it once Ready, ended or claimedReadyWait later.
-// The claim records Ready before it answers (recordClaimed), but the client
-// may ask a replica whose cache is behind: by milliseconds on a quiet
-// cluster, by seconds under a burst of claims (70 of 100 burst claims got
-// their 409 "not ready yet" from a cache that did not even have the bind
-// yet, with Retry-After: 1). One GET answers that; it is only for pool
-// backends the cache has not Ready.
+// claimedState is a pool backend that this replica's cache has neither
+// Ready nor bound, as the API has it. The client may ask a replica whose
+// cache is behind the claim: by milliseconds on a quiet cluster, by seconds
+// under a burst of claims (70 of 100 burst claims got their 409 "not ready
+// yet" from a cache that did not even have the bind yet, with Retry-After:
+// 1). One GET answers that; it is only for pool backends the cache has
+// neither Ready nor bound.
 func (s *Server) claimedState(ctx context.Context, slab *spawnerv1.SessionLivedBackend) *spawnerv1.SessionLivedBackend {
 	cur, err := s.slabs.SpawnerV1().SessionLivedBackends(slab.Namespace).Get(ctx, slab.Name, metav1.GetOptions{})
 	if err != nil || cur.UID != slab.UID {
 		return slab
 	}
-	if lifecycle.Phase(cur) == lifecycle.Ready || !live(cur) || !isWarm(cur) {
-		return cur
-	}
-	wake, unsubscribe := s.watchers.subscribe(slab.Name)
-	defer unsubscribe()
-	timeout := time.NewTimer(claimedReadyWait)
-	defer timeout.Stop()
-	for {
-		if c, ok := s.slab(slab.Name); ok && c.UID == slab.UID && (lifecycle.Phase(c) == lifecycle.Ready || !live(c)) {
-			return c
-		}
-		select {
-		case <-wake:
-		case <-timeout.C:
-			return cur
-		case <-ctx.Done():
-			return cur
-		}
-	}
+	return cur
 }

@@ -57,6 +57,9 @@ type Server struct {
 
 	shuttingDown chan struct{}
 	shutdownOnce sync.Once
+	// background is the work a handler leaves running after it answered
+	// (recording a warm claim Ready); Run waits for it before returning.
+	background sync.WaitGroup
 }
 
 // Run sets up logging from cfg.Log (unless cfg.Logger is given), builds the
@@ -236,6 +239,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer scancel()
 	control.Shutdown(sctx)
 	router.Shutdown(sctx)
+	s.background.Wait()
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return serveErr
 	}
