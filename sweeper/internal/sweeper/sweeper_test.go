@@ -17,6 +17,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"spawner.dev/apis/lifecycle"
@@ -635,6 +636,65 @@ func TestReadyAtRoundsATruncatedTimeUpToNow(t *testing.T) {
 	} {
 		if got := readyAt(s, s.Add(c.now)); !got.Equal(s.Add(c.want)) {
 			t.Errorf("readyAt(s, s%+v) = s%+v, want s%+v", c.now, got.Sub(s), c.want)
+		}
+	}
+}
+
+// TestSweeperLeavesAClaimsReadyToTheClaim: the sweeper follows a claimed
+// warm pod from the take, before its slab is bound, and its app already
+// listens. It leaves recording Ready to the claim (reason WarmPodClaimed)
+// and counts the grace period from the claim's readyTime; only when no
+// record came within claimRecordWait of the slab's creation does it record
+// Ready itself. Before, it wrote Ready (AppListening) at once: its write made
+// the claim's bind conflict, and the backend's Ready said AppListening.
+func TestSweeperLeavesAClaimsReadyToTheClaim(t *testing.T) {
+	for _, claimRecords := range []bool{true, false} {
+		h := newHarness(t, Event{Ready: true})
+		slab := h.slab()
+		slab.CreationTimestamp = metav1.NewTime(h.t0)
+		slab.Annotations = map[string]string{spawnerv1.AnnotationPool: "rooms", spawnerv1.AnnotationPod: "rooms-x1"}
+		if _, err := h.client.SpawnerV1().SessionLivedBackends("ns").Update(context.Background(), slab, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		b := h.follow()
+		h.waitFor("the retry timer", func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return b.live && b.last.Ready && h.clock.pending() == 1
+		})
+		if p := h.phase(); p == lifecycle.Ready {
+			t.Fatalf("the sweeper recorded a claim's Ready (%+v)", h.slab().Status.Conditions)
+		}
+		if claimRecords {
+			s := h.slab()
+			lifecycle.RecordClaimed(&s.Status, "claimed", s.Generation)
+			rt := metav1.NewTime(h.t0)
+			s.Status.ReadyTime = &rt
+			if _, err := h.client.SpawnerV1().SessionLivedBackends("ns").UpdateStatus(context.Background(), s, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			h.clock.Advance(50 * time.Millisecond) // RetryDelay
+			h.waitFor("the idle timer", func() bool {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				return b.readyDone
+			})
+			if c := meta.FindStatusCondition(h.slab().Status.Conditions, lifecycle.ConditionReady); c == nil || c.Reason != lifecycle.ReasonWarmPodClaimed {
+				t.Errorf("Ready %+v, want the claim's (%s)", c, lifecycle.ReasonWarmPodClaimed)
+			}
+			continue
+		}
+		for i := 0; i < 100 && h.phase() != lifecycle.Ready; i++ {
+			h.waitFor("the retry timer", func() bool { return h.clock.pending() == 1 })
+			h.clock.Advance(50 * time.Millisecond)
+			h.waitFor("the retry", func() bool { return h.clock.pending() == 1 || h.phase() == lifecycle.Ready })
+		}
+		c := meta.FindStatusCondition(h.slab().Status.Conditions, lifecycle.ConditionReady)
+		if c == nil || c.Reason != lifecycle.ReasonAppListening {
+			t.Fatalf("no claim recorded Ready within %v; the sweeper's Ready %+v, want %s", claimRecordWait, c, lifecycle.ReasonAppListening)
+		}
+		if at := h.clock.Now().Sub(h.t0); at < 5*time.Second {
+			t.Errorf("the sweeper recorded Ready %v after the slab's creation, before claimRecordWait (%v)", at, 5*time.Second)
 		}
 	}
 }
