@@ -6,6 +6,7 @@ package lifecycle
 
 import (
 	"slices"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -157,6 +158,29 @@ func RecordClaimed(status *spawnerv1.SessionLivedBackendStatus, message string, 
 		}
 	}
 	return changed
+}
+
+// ClaimRecordWait is how long after a pool backend's creation its warm
+// claim may still record Ready (RecordClaimed, written by the api-server
+// that claimed right after it answered): the claim's status write follows
+// its bind by milliseconds, and the controller closes a claim stalled this
+// long. Until then the sweeper does not record that backend's Ready and
+// the controller does not write its status unless it fails, so neither
+// races the claim's write (docs/pools.md).
+const ClaimRecordWait = 5 * time.Second
+
+// ClaimRecordPending reports whether slab is a pool backend, claiming or
+// bound to a warm pod (not a cold pod of its own), not Ready yet and
+// created less than ClaimRecordWait before now: its claim is about to
+// record its Ready.
+func ClaimRecordPending(slab *spawnerv1.SessionLivedBackend, now time.Time) bool {
+	if slab.Annotations[spawnerv1.AnnotationPool] == "" || meta.IsStatusConditionTrue(slab.Status.Conditions, ConditionReady) {
+		return false
+	}
+	if pod, bound := spawnerv1.PodNameOf(slab); bound && pod == slab.Name {
+		return false // bound cold: nobody else records its Ready
+	}
+	return now.Sub(slab.CreationTimestamp.Time) < ClaimRecordWait
 }
 
 // Clear sets a condition false (for milestones that can be lost, such as

@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -194,4 +195,38 @@ func TestRecordClaimedDoesNotReviveAnEndingBackend(t *testing.T) {
 
 func findCondition(cs []metav1.Condition, t string) *metav1.Condition {
 	return meta.FindStatusCondition(cs, t)
+}
+
+func TestClaimRecordPending(t *testing.T) {
+	created := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	mk := func(pool, pod string, ready bool) *spawnerv1.SessionLivedBackend {
+		s := &spawnerv1.SessionLivedBackend{ObjectMeta: metav1.ObjectMeta{Name: "b", CreationTimestamp: metav1.NewTime(created), Annotations: map[string]string{}}}
+		if pool != "" {
+			s.Annotations[spawnerv1.AnnotationPool] = pool
+		}
+		if pod != "" {
+			s.Annotations[spawnerv1.AnnotationPod] = pod
+		}
+		if ready {
+			RecordClaimed(&s.Status, "claimed", 1)
+		}
+		return s
+	}
+	for _, c := range []struct {
+		name string
+		slab *spawnerv1.SessionLivedBackend
+		age  time.Duration
+		want bool
+	}{
+		{"bound to a warm pod", mk("rooms", "rooms-x", false), time.Second, true},
+		{"claiming", mk("rooms", "", false), time.Second, true},
+		{"past the wait", mk("rooms", "rooms-x", false), ClaimRecordWait, false},
+		{"already Ready", mk("rooms", "rooms-x", true), time.Second, false},
+		{"bound cold", mk("rooms", "b", false), time.Second, false},
+		{"not from a pool", mk("", "", false), time.Second, false},
+	} {
+		if got := ClaimRecordPending(c.slab, created.Add(c.age)); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
 }

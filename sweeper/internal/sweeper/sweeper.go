@@ -370,10 +370,15 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 			b.readyRecorded(since, false, keepalive)
 			return
 		}
-		if claimRecordPending(slab, s.clock.Now()) {
+		if lifecycle.ClaimRecordPending(slab, s.clock.Now()) {
 			// The api-server records this claim's Ready itself (reason
 			// WarmPodClaimed, readyTime at the claim): rearm asks again
 			// after RetryDelay, and records it here only if it never came.
+			// The sweeper follows a claimed pod from the take, before the
+			// bind, and its app already listens: its own Ready write raced
+			// the claim, made the bind conflict (one more GET and patch on
+			// a warm spawn's path) and took the Ready condition for
+			// AppListening about as often as not.
 			return
 		}
 		lifecycle.Record(&slab.Status, lifecycle.ConditionReady, lifecycle.ReasonAppListening,
@@ -401,30 +406,6 @@ func (s *Sweeper) markReady(b *backend, ev Event, received time.Time) {
 			return
 		}
 	}
-}
-
-// claimRecordWait is how long after a pool backend's creation the sweeper
-// leaves recording its Ready to the api-server that claimed a warm pod for
-// it: the claim's own status write (lifecycle.RecordClaimed) follows its
-// bind by milliseconds. The sweeper follows a claimed pod from the take on
-// (its backend label), before the bind, and its app already listens: its
-// Ready write raced the claim, made the bind conflict (one more GET and
-// patch on a warm spawn's path) and won the Ready condition for
-// AppListening about as often as not. It matches the controller's claim
-// timeout (5 s), past which a stalled claim is closed by the controller.
-const claimRecordWait = 5 * time.Second
-
-// claimRecordPending reports whether slab is a pool backend claiming or
-// bound to a warm pod (not its own cold pod) whose claim may still record
-// Ready: created less than claimRecordWait before now.
-func claimRecordPending(slab *spawnerv1.SessionLivedBackend, now time.Time) bool {
-	if slab.Annotations[spawnerv1.AnnotationPool] == "" {
-		return false
-	}
-	if pod, bound := spawnerv1.PodNameOf(slab); bound && pod == slab.Name {
-		return false // bound cold: nobody else records its Ready
-	}
-	return now.Sub(slab.CreationTimestamp.Time) < claimRecordWait
 }
 
 // readyAt is when a backend became Ready, from a time the API stored

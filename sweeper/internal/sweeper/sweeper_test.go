@@ -644,7 +644,7 @@ func TestReadyAtRoundsATruncatedTimeUpToNow(t *testing.T) {
 // warm pod from the take, before its slab is bound, and its app already
 // listens. It leaves recording Ready to the claim (reason WarmPodClaimed)
 // and counts the grace period from the claim's readyTime; only when no
-// record came within claimRecordWait of the slab's creation does it record
+// record came within lifecycle.ClaimRecordWait of the slab's creation does it record
 // Ready itself. Before, it wrote Ready (AppListening) at once: its write made
 // the claim's bind conflict, and the backend's Ready said AppListening.
 func TestSweeperLeavesAClaimsReadyToTheClaim(t *testing.T) {
@@ -691,10 +691,10 @@ func TestSweeperLeavesAClaimsReadyToTheClaim(t *testing.T) {
 		}
 		c := meta.FindStatusCondition(h.slab().Status.Conditions, lifecycle.ConditionReady)
 		if c == nil || c.Reason != lifecycle.ReasonAppListening {
-			t.Fatalf("no claim recorded Ready within %v; the sweeper's Ready %+v, want %s", claimRecordWait, c, lifecycle.ReasonAppListening)
+			t.Fatalf("no claim recorded Ready within %v; the sweeper's Ready %+v, want %s", lifecycle.ClaimRecordWait, c, lifecycle.ReasonAppListening)
 		}
 		if at := h.clock.Now().Sub(h.t0); at < 5*time.Second {
-			t.Errorf("the sweeper recorded Ready %v after the slab's creation, before claimRecordWait (%v)", at, 5*time.Second)
+			t.Errorf("the sweeper recorded Ready %v after the slab's creation, before lifecycle.ClaimRecordWait (%v)", at, 5*time.Second)
 		}
 	}
 }
