@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -315,6 +316,13 @@ func TestWarmClaimIsReadyAtOnce(t *testing.T) {
 	if rt := slab.Status.ReadyTime; rt == nil || rt.Time.Before(before) || rt.Time.After(start.Add(statusWrite)) {
 		t.Errorf("readyTime %v, want the claim's time (%v)", rt, start)
 	}
+	// Everything the controller writes on a bound backend is there, so its
+	// next sync writes nothing: the node label (with the bind), node, pod
+	// IP and URL (with Ready).
+	if slab.Labels[spawnerv1.LabelNode] != "node-a" || slab.Status.NodeName != "node-a" || slab.Status.PodIP != "127.0.0.1" || slab.Status.URL == "" {
+		t.Errorf("node label %q, status node %q, pod IP %q, URL %q: want node-a, node-a, 127.0.0.1 and the URL",
+			slab.Labels[spawnerv1.LabelNode], slab.Status.NodeName, slab.Status.PodIP, slab.Status.URL)
+	}
 }
 
 // TestReadyURLRedirectsABoundClaim: the ready URL of a backend bound to a
@@ -394,5 +402,72 @@ func TestReadyURLAsksTheAPIWhenTheCacheIsBehind(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("took %v: it waited on the cache instead of asking the API", d)
+	}
+}
+
+// TestConcurrentClaimsInOneReplicaTryDifferentPods: concurrent claims in one
+// replica pick from the same cache, which learns of a take only by watch;
+// each skips the pods another claim here is taking (takenHere), so 10 claims
+// against 10 warm pods send 10 takes. Without it, shuffled picks collided:
+// 247 takes for 100 claims in a burst on the local cluster.
+func TestConcurrentClaimsInOneReplicaTryDifferentPods(t *testing.T) {
+	e := newTestEnv(t, "")
+	var (
+		mu    sync.Mutex
+		takes int
+		taken = map[string]bool{}
+	)
+	e.kube.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		pa := a.(k8stesting.PatchAction)
+		if !strings.Contains(string(pa.GetPatch()), "ownerReferences") {
+			return false, nil, nil
+		}
+		time.Sleep(5 * time.Millisecond) // an API server's write: the other claims pick meanwhile
+		mu.Lock()
+		defer mu.Unlock()
+		takes++
+		if taken[pa.GetName()] { // the resourceVersion precondition, which the fake does not check
+			return true, nil, apierrors.NewConflict(corev1.Resource("pods"), pa.GetName(), errors.New("taken"))
+		}
+		taken[pa.GetName()] = true
+		return false, nil, nil
+	})
+	e.addPool("rooms", nil, 10)
+	const n = 10
+	answers := make(chan spawnAnswer, n)
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		go func() {
+			<-start
+			_, a, _ := e.spawnPool(`{"pool":"rooms"}`)
+			answers <- a
+		}()
+	}
+	close(start)
+	warm := 0
+	for i := 0; i < n; i++ {
+		if a := <-answers; a.Warm != nil && *a.Warm {
+			warm++
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if takes != n || warm != n {
+		t.Errorf("%d takes and %d warm claims for %d claims against %d warm pods, want %d and %d", takes, warm, n, n, n, n)
+	}
+}
+
+func TestTakenHereIsAHintThatExpires(t *testing.T) {
+	var th takenHere
+	now := time.Now()
+	if !th.reserve("a", now) || th.reserve("a", now.Add(time.Second)) {
+		t.Fatal("a pod being taken here was offered twice")
+	}
+	th.release("a")
+	if !th.reserve("a", now.Add(time.Second)) {
+		t.Fatal("a pod whose take was lost here is not offered again")
+	}
+	if !th.reserve("a", now.Add(time.Second+takenHereFor)) {
+		t.Fatalf("a pod taken here is still skipped after %v", takenHereFor)
 	}
 }

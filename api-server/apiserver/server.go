@@ -54,6 +54,7 @@ type Server struct {
 	metrics  *serverMetrics
 	proxy    *routerProxy
 	psa      *podSecurity // nil with --check-pod-security=false
+	taken    takenHere    // warm pods this replica's claims took a moment ago
 
 	shuttingDown chan struct{}
 	shutdownOnce sync.Once
