@@ -97,7 +97,7 @@ func (e *testEnv) addPool(name string, hook *spawnerv1.ClaimHook, n int) *spawne
 				Labels: map[string]string{spawnerv1.LabelManagedBy: spawnerv1.ManagedByValue, spawnerv1.LabelPool: name,
 					spawnerv1.LabelPoolTemplateHash: pool.TemplateHash()},
 				OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(pool, spawnerv1.SchemeGroupVersion.WithKind("BackendPool"))}},
-			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}, {Name: spawnerv1.SidecarContainerName,
+			Spec: corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{Name: "app"}, {Name: spawnerv1.SidecarContainerName,
 				Env: []corev1.EnvVar{{Name: wire.SidecarRouterProofEnv, Value: "proof-" + fmt.Sprint(i)}}}}},
 			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "127.0.0.1",
 				Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},

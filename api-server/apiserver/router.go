@@ -62,8 +62,10 @@ func trimPod(p *corev1.Pod, port string) *corev1.Pod {
 	out.Status.Phase, out.Status.PodIP = p.Status.Phase, p.Status.PodIP
 	if p.Labels[spawnerv1.LabelPool] != "" {
 		// A claim picks warm pods from this cache (control_claim.go): it
-		// needs the owner (unclaimed: the pool) and the Ready condition.
+		// needs the owner (unclaimed: the pool), the Ready condition and
+		// the node (the bind labels the backend with it).
 		out.OwnerReferences = p.OwnerReferences
+		out.Spec.NodeName = p.Spec.NodeName
 		for _, c := range p.Status.Conditions {
 			if c.Type == corev1.PodReady {
 				out.Status.Conditions = []corev1.PodCondition{c}

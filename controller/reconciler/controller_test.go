@@ -406,8 +406,64 @@ func TestClaimedPodStillThePoolsInTheCacheIsNotForeign(t *testing.T) {
 	if err := f.podIdx.Add(stale); err != nil {
 		t.Fatal(err)
 	}
+	f.clock.Step(lifecycle.ClaimRecordWait) // the claim never recorded it: the controller writes
 	f.sync(slab)
 	if got := f.slab("b"); got.Status.Phase == lifecycle.Failed || !condIs(&got.Status, lifecycle.ConditionPodCreated, metav1.ConditionTrue, lifecycle.ReasonPodCreated) {
 		t.Errorf("status %+v, want the claimed pod adopted (PodCreated), not Failed", got.Status)
+	}
+}
+
+// TestControllerLeavesAPendingClaimsStatusToTheClaim: a slab just bound to a
+// warm pod gets its status from its claim (Ready and everything up to it,
+// node, pod IP, URL), written by the api-server right after it answered.
+// The controller does not write before it (the two raced, and one
+// conflicted and wrote again: three status writes per claim in a burst);
+// once it came, the controller has nothing to write, not even the reasons
+// of the milestones the claim recorded (WarmPodClaimed). If it never comes,
+// the controller writes once ClaimRecordWait has passed.
+func TestControllerLeavesAPendingClaimsStatusToTheClaim(t *testing.T) {
+	slab := newSlab()
+	slab.Annotations = map[string]string{spawnerv1.AnnotationPool: "rooms", spawnerv1.AnnotationPod: "rooms-x"}
+	slab.Labels = map[string]string{spawnerv1.LabelNode: "n1"}
+	taken := ownedPod(slab, func(p *corev1.Pod) {
+		p.Name = "rooms-x"
+		p.Spec.NodeName = "n1"
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.1.2.3", ContainerStatuses: []corev1.ContainerStatus{
+			{Name: "app", Ready: true, State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}},
+			{Name: spawnerv1.SidecarContainerName, Ready: true, State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}}
+	})
+	for _, claimRecords := range []bool{true, false} {
+		f := newFixture(t, slab.DeepCopy(), taken)
+		f.clock.Step(time.Second)
+		if after := f.sync(slab); after <= 0 || after > lifecycle.ClaimRecordWait-time.Second {
+			t.Errorf("requeue after %v, want by the end of the claim's wait (%v)", after, lifecycle.ClaimRecordWait-time.Second)
+		}
+		if n := len(f.actions("update", "sessionlivedbackends")) + len(f.actions("patch", "sessionlivedbackends")); n != 0 {
+			t.Fatalf("%d slab writes while its claim records it, want 0", n)
+		}
+		cur := f.slab("b")
+		if claimRecords {
+			lifecycle.RecordClaimed(&cur.Status, "claimed warm pod rooms-x", cur.Generation)
+			cur.Status.NodeName, cur.Status.PodIP = "n1", "10.1.2.3"
+			cur.Status.URL = f.c.opts.publicURL("b")
+			var err error
+			if cur, err = f.spawner.SpawnerV1().SessionLivedBackends("ns").UpdateStatus(context.Background(), cur, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.slabIdx.Add(cur); err != nil {
+				t.Fatal(err)
+			}
+			f.spawner.ClearActions()
+			f.sync(cur)
+			if n := len(f.actions("update", "sessionlivedbackends")) + len(f.actions("patch", "sessionlivedbackends")); n != 0 {
+				t.Errorf("%d slab writes after the claim recorded it, want 0 (%+v)", n, f.slab("b").Status.Conditions)
+			}
+			continue
+		}
+		f.clock.Step(lifecycle.ClaimRecordWait)
+		f.sync(cur)
+		if got := f.slab("b"); !condIs(&got.Status, lifecycle.ConditionRunning, metav1.ConditionTrue, lifecycle.ReasonContainersStarted) {
+			t.Errorf("no claim recorded it within %v: status %+v, want the controller's", lifecycle.ClaimRecordWait, got.Status)
+		}
 	}
 }

@@ -236,7 +236,11 @@ func applyPod(slab *spawnerv1.SessionLivedBackend, c *statusChange, pod *corev1.
 	switch {
 	case v.NodeName != "":
 		c.status.NodeName = v.NodeName
-		c.record(lifecycle.ConditionScheduled, lifecycle.ReasonScheduled, "pod scheduled to node "+v.NodeName)
+		// A milestone reached keeps its reason: a warm claim recorded it
+		// (WarmPodClaimed), and rewriting it was one more write per claim.
+		if !c.isTrue(lifecycle.ConditionScheduled) {
+			c.record(lifecycle.ConditionScheduled, lifecycle.ReasonScheduled, "pod scheduled to node "+v.NodeName)
+		}
 	case v.Unschedulable != "":
 		c.clear(lifecycle.ConditionScheduled, lifecycle.ReasonUnschedulable, v.Unschedulable)
 	}
@@ -247,7 +251,7 @@ func applyPod(slab *spawnerv1.SessionLivedBackend, c *statusChange, pod *corev1.
 		c.fail(*v.Failure)
 		return 0
 	}
-	if v.Started {
+	if v.Started && !c.isTrue(lifecycle.ConditionRunning) {
 		c.record(lifecycle.ConditionRunning, lifecycle.ReasonContainersStarted, "application and sidecar containers started")
 	}
 	if startupTimeout <= 0 || c.isTrue(lifecycle.ConditionReady) {

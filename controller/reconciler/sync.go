@@ -78,6 +78,15 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 	}
 	terminateSwept(ch)
 
+	if !lifecycle.IsEnding(status.Phase) && lifecycle.ClaimRecordPending(slab, now) {
+		// Its claim is about to record it Ready with everything this sync
+		// would write (the api-server's recordClaimed, right after it
+		// answered): writing first made one of the two conflict and write
+		// again, under a burst of 100 claims three status writes per
+		// claim. That write brings the next sync; so does this deadline if
+		// it never comes.
+		return minPositive(next, slab.CreationTimestamp.Add(lifecycle.ClaimRecordWait).Sub(now)), nil
+	}
 	slab, err = c.writeStatus(ctx, key, slab, ch)
 	if err != nil || slab == nil {
 		return 0, err
@@ -297,7 +306,9 @@ func (c *Controller) syncLive(ctx context.Context, slab *spawnerv1.SessionLivedB
 	if foreign {
 		return pod, true, c.foreignPod(slab, ch, pod, now), nil
 	}
-	ch.record(lifecycle.ConditionPodCreated, lifecycle.ReasonPodCreated, "pod "+pod.Name+" created")
+	if !ch.isTrue(lifecycle.ConditionPodCreated) { // a warm claim recorded it (WarmPodClaimed): keep its reason
+		ch.record(lifecycle.ConditionPodCreated, lifecycle.ReasonPodCreated, "pod "+pod.Name+" created")
+	}
 	if pod.DeletionTimestamp != nil {
 		ch.fail(Failure{Reason: lifecycle.ReasonPodLost, Message: fmt.Sprintf("pod %s is being deleted while the backend was live", pod.Name)})
 		return pod, false, 0, nil
