@@ -471,3 +471,37 @@ func TestTakenHereIsAHintThatExpires(t *testing.T) {
 		t.Fatalf("a pod taken here is still skipped after %v", takenHereFor)
 	}
 }
+
+// TestReadyURLReadsAnUncachedClaimOnce: the ready URL of a pool backend
+// this replica's cache does not have yet reads it from the API once (it
+// read it twice: for the 404 check, then again as a pool backend neither
+// Ready nor bound in the cache). Here it is still claiming: 409.
+func TestReadyURLReadsAnUncachedClaimOnce(t *testing.T) {
+	e := newTestEnv(t, "")
+	tok := e.addBackend("b-claiming", lifecycle.Pending)
+	patch := []byte(`{"metadata":{"annotations":{"` + spawnerv1.AnnotationPool + `":"rooms","` + spawnerv1.AnnotationPod + `":null}}}`)
+	if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Patch(context.Background(), "b-claiming", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(func() bool {
+		c, err := e.s.slabLister.Get("b-claiming")
+		return err == nil && c.Annotations[spawnerv1.AnnotationPool] == "rooms"
+	})
+	obj, ok, err := e.s.slabInf.GetStore().GetByKey(testNS + "/b-claiming")
+	if err != nil || !ok {
+		t.Fatalf("slab not cached (%v)", err)
+	}
+	if err := e.s.slabInf.GetStore().Delete(obj); err != nil {
+		t.Fatal(err)
+	}
+	var gets atomic.Int64
+	e.slabs.PrependReactor("get", "sessionlivedbackends", func(k8stesting.Action) (bool, runtime.Object, error) {
+		gets.Add(1)
+		return false, nil, nil
+	})
+	resp := e.do("GET", "/backend/b-claiming/ready?"+tokenParam+"="+url.QueryEscape(tok), "")
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusConflict || gets.Load() != 1 {
+		t.Errorf("ready URL of an uncached claiming backend: %d %s after %d GETs, want 409 after 1", resp.StatusCode, body, gets.Load())
+	}
+}

@@ -208,7 +208,7 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := slab.Name
-	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" && !claimDone(slab) {
+	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" && !claimDone(slab) && s.cached(slab) {
 		slab = s.claimedState(r.Context(), slab)
 	}
 	st := currentStatus(slab)
@@ -246,6 +246,14 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 // waits for that write, milliseconds, like for any starting backend.
 func claimDone(slab *spawnerv1.SessionLivedBackend) bool {
 	return slab.Annotations[spawnerv1.AnnotationPool] != "" && isWarm(slab)
+}
+
+// cached reports whether slab is this replica's cached copy, not one just
+// read from the API (s.slab falls back to a GET for a backend the cache
+// does not have yet: reading it again would tell nothing new).
+func (s *Server) cached(slab *spawnerv1.SessionLivedBackend) bool {
+	c, err := s.slabLister.Get(slab.Name)
+	return err == nil && c == slab
 }
 
 // claimedState is a pool backend that this replica's cache has neither
