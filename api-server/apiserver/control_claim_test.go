@@ -505,3 +505,30 @@ func TestReadyURLReadsAnUncachedClaimOnce(t *testing.T) {
 		t.Errorf("ready URL of an uncached claiming backend: %d %s after %d GETs, want 409 after 1", resp.StatusCode, body, gets.Load())
 	}
 }
+
+// TestReadyURLOfAColdPoolBackendReadsTheCache: a pool backend bound cold
+// starts like any cold backend, and the cache follows it: its ready URL,
+// polled until it redirects, asks the API nothing (a GET per poll was 634
+// slab GETs in a burst of 100 claims that sent 13 cold).
+func TestReadyURLOfAColdPoolBackendReadsTheCache(t *testing.T) {
+	e := newTestEnv(t, "")
+	tok := e.addBackend("b-cold", lifecycle.Running)
+	patch := []byte(`{"metadata":{"annotations":{"` + spawnerv1.AnnotationPool + `":"rooms","` + spawnerv1.AnnotationPod + `":"b-cold"}}}`)
+	if _, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Patch(context.Background(), "b-cold", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(func() bool {
+		c, err := e.s.slabLister.Get("b-cold")
+		return err == nil && c.Annotations[spawnerv1.AnnotationPod] == "b-cold"
+	})
+	var gets atomic.Int64
+	e.slabs.PrependReactor("get", "sessionlivedbackends", func(k8stesting.Action) (bool, runtime.Object, error) {
+		gets.Add(1)
+		return false, nil, nil
+	})
+	resp := e.do("GET", "/backend/b-cold/ready?"+tokenParam+"="+url.QueryEscape(tok), "")
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusConflict || gets.Load() != 0 {
+		t.Errorf("ready URL of a starting cold pool backend: %d %s after %d GETs, want 409 after none", resp.StatusCode, body, gets.Load())
+	}
+}

@@ -208,7 +208,7 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := slab.Name
-	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" && !claimDone(slab) && s.cached(slab) {
+	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" && !bound(slab) && s.cached(slab) {
 		slab = s.claimedState(r.Context(), slab)
 	}
 	st := currentStatus(slab)
@@ -248,6 +248,13 @@ func claimDone(slab *spawnerv1.SessionLivedBackend) bool {
 	return slab.Annotations[spawnerv1.AnnotationPool] != "" && isWarm(slab)
 }
 
+// bound reports whether a backend's claim (if it came from a pool) is over:
+// bound to a warm pod or to the cold path.
+func bound(slab *spawnerv1.SessionLivedBackend) bool {
+	_, ok := spawnerv1.PodNameOf(slab)
+	return ok
+}
+
 // cached reports whether slab is this replica's cached copy, not one just
 // read from the API (s.slab falls back to a GET for a backend the cache
 // does not have yet: reading it again would tell nothing new).
@@ -257,7 +264,9 @@ func (s *Server) cached(slab *spawnerv1.SessionLivedBackend) bool {
 }
 
 // claimedState is a pool backend that this replica's cache has neither
-// Ready nor bound, as the API has it. The client may ask a replica whose
+// Ready nor bound, as the API has it (one bound cold starts like any cold
+// backend, and the cache follows it: a client polling its ready URL made a
+// GET per poll, 634 slab GETs in a burst of 100 claims that sent 13 cold). The client may ask a replica whose
 // cache is behind the claim: by milliseconds on a quiet cluster, by seconds
 // under a burst of claims (70 of 100 burst claims got their 409 "not ready
 // yet" from a cache that did not even have the bind yet, with Retry-After:

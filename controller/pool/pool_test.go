@@ -1,6 +1,9 @@
 package pool
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // TestToCreateKeepsStartsBounded: a pool short of pods creates toward its
 // replicas, at most a batch per sync and never more than maxStarting
@@ -18,6 +21,30 @@ func TestToCreateKeepsStartsBounded(t *testing.T) {
 	} {
 		if got := toCreate(c.want, c.current, c.starting, c.max, c.batch); got != c.out {
 			t.Errorf("toCreate(want %d, current %d, starting %d, max %d, batch %d) = %d, want %d", c.want, c.current, c.starting, c.max, c.batch, got, c.out)
+		}
+	}
+}
+
+func TestRefillWaitsForABurstOfClaims(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		name        string
+		first, last time.Duration // after t0
+		now         time.Duration
+		want        time.Duration
+	}{
+		{"no claim", -1, -1, 0, 0},
+		{"a claim just now", 0, 0, 100 * time.Millisecond, refillQuiet - 100*time.Millisecond},
+		{"quiet since the last claim", 0, 0, refillQuiet, 0},
+		{"claims still coming", 0, 3 * time.Second, 3*time.Second + 100*time.Millisecond, refillQuiet - 100*time.Millisecond},
+		{"a burst past the longest deferral", 0, refillMaxDefer - 100*time.Millisecond, refillMaxDefer, 0},
+	} {
+		var b claimBurst
+		if c.first >= 0 {
+			b = claimBurst{first: t0.Add(c.first), last: t0.Add(c.last)}
+		}
+		if got := refillWait(b, t0.Add(c.now)); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
 	}
 }
