@@ -216,7 +216,7 @@ func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend,
 			if (round == 0 && i == maxClaimAttempts) || hookCalls == maxHookAttempts {
 				break
 			}
-			bound, ok, done, err := s.take(ctx, slab, pool, p, session, &hookCalls)
+			bound, ok, done, err := s.take(ctx, slab, pool, p, session, &hookCalls, round == 0)
 			if done {
 				if ok && round == 1 {
 					s.metrics.claimFromList.Inc()
@@ -235,8 +235,15 @@ func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend,
 // take tries to claim warm pod p for slab; done reports that the claim is
 // over (bound warm, or bound by the controller meanwhile), else the caller
 // tries the next pod.
-func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, p *corev1.Pod, session ClaimSession, hookCalls *int) (bound *spawnerv1.SessionLivedBackend, warm, done bool, err error) {
-	if !s.taken.reserve(p.UID, time.Now()) {
+//
+// With skipTakenHere (the cached candidates), it skips a pod another claim
+// of this replica is taking or took (takenHere). The API's list is tried
+// whole: a pod another claim here was taking when this one skipped it may
+// be free again (that take lost), and a claim goes cold only when every
+// listed pod went to another spawn.
+func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, p *corev1.Pod, session ClaimSession, hookCalls *int, skipTakenHere bool) (bound *spawnerv1.SessionLivedBackend, warm, done bool, err error) {
+	reserved := s.taken.reserve(p.UID, time.Now())
+	if !reserved && skipTakenHere {
 		return nil, false, false, nil // another claim here has it: the next one
 	}
 	hook := pool.Spec.ClaimHook
@@ -265,7 +272,9 @@ func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 		"ownerReferences": []metav1.OwnerReference{*metav1.NewControllerRef(slab, spawnerv1.SchemeGroupVersion.WithKind("SessionLivedBackend"))},
 	}})
 	if _, err := s.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		s.taken.release(p.UID)
+		if reserved {
+			s.taken.release(p.UID)
+		}
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			s.metrics.claimConflicts.Inc()
 			return nil, false, false, nil // taken or changed by someone else: the next one
