@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
@@ -101,7 +103,9 @@ func ValidateSpec(spec *SessionLivedBackendSpec, path *field.Path) field.ErrorLi
 // PodNameOf is the name of the slab's pod: the warm pod it claimed
 // (AnnotationPod), else its own name. ok is false while a claim from a pool
 // is not bound yet (AnnotationPool without AnnotationPod): the slab has no
-// pod, and nobody may create one for it (docs/pools.md).
+// pod, and nobody may create one for it (docs/pools.md). A slab from a pool
+// may be created bound to the warm pod its claim is about to take: it is
+// that pod's backend only once it holds it (HoldsPod).
 func PodNameOf(slab *SessionLivedBackend) (name string, ok bool) {
 	if p := slab.Annotations[AnnotationPod]; p != "" {
 		return p, true
@@ -110,4 +114,12 @@ func PodNameOf(slab *SessionLivedBackend) (name string, ok bool) {
 		return "", false
 	}
 	return slab.Name, true
+}
+
+// HoldsPod reports whether pod is slab's: controlled by it and labelled with
+// its name. A claim's take sets both on a warm pod (with a claim hook, the
+// label once the hook took the session); before that the pod is its pool's,
+// or another slab's, whatever the slab's AnnotationPod says.
+func HoldsPod(slab *SessionLivedBackend, pod *corev1.Pod) bool {
+	return pod != nil && pod.Labels[LabelBackend] == slab.Name && metav1.IsControlledBy(pod, slab)
 }

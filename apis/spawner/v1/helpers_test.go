@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
@@ -112,5 +113,39 @@ func TestValidateSpecIdlePolicy(t *testing.T) {
 	spec.IdlePolicy = &IdlePolicy{WSIdleSeconds: 7, CountRequests: &off}
 	if spec.CountsRequests() || spec.WSIdle() != 7*time.Second {
 		t.Errorf("policy not read: %v %v", spec.CountsRequests(), spec.WSIdle())
+	}
+}
+
+// TestHoldsPod: a slab holds a pod controlled by it and labelled with its
+// name; a warm pod it merely names (its claim's take not done, or lost), a
+// pod its take controls before its claim hook labelled it, and a pod of
+// another slab of the same name (another UID) are not its.
+func TestHoldsPod(t *testing.T) {
+	slab := &SessionLivedBackend{ObjectMeta: metav1.ObjectMeta{Name: "b", UID: "uid-b"}}
+	slab.Annotations = map[string]string{AnnotationPool: "rooms", AnnotationPod: "rooms-x"}
+	pod := func(owner metav1.Object, kind, label string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "rooms-x", Labels: map[string]string{LabelPool: "rooms"}}}
+		if label != "" {
+			p.Labels[LabelBackend] = label
+		}
+		p.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(owner, SchemeGroupVersion.WithKind(kind))}
+		return p
+	}
+	pool := &BackendPool{ObjectMeta: metav1.ObjectMeta{Name: "rooms", UID: "uid-pool"}}
+	older := &SessionLivedBackend{ObjectMeta: metav1.ObjectMeta{Name: "b", UID: "uid-older"}}
+	for name, tc := range map[string]struct {
+		pod  *corev1.Pod
+		want bool
+	}{
+		"taken":                 {pod(slab, "SessionLivedBackend", "b"), true},
+		"still the pool's":      {pod(pool, "BackendPool", ""), false},
+		"taken, hook pending":   {pod(slab, "SessionLivedBackend", ""), false},
+		"an older slab's":       {pod(older, "SessionLivedBackend", "b"), false},
+		"labelled, not owned":   {pod(pool, "BackendPool", "b"), false},
+		"no pod (not in cache)": {nil, false},
+	} {
+		if got := HoldsPod(slab, tc.pod); got != tc.want {
+			t.Errorf("%s: HoldsPod %v, want %v", name, got, tc.want)
+		}
 	}
 }
