@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -26,8 +27,10 @@ import (
 // pool's warm pods. docs/pools.md ("Claiming, and how it stays atomic")
 // explains the protocol; the Kubernetes API is its only lock: the slab is
 // created first (a keyed name collides there, so one caller of a key goes on
-// to claim), then a pod is taken with a patch carrying the pod's
-// resourceVersion, then the slab is bound with a patch carrying the slab's.
+// to claim), already bound to the warm pod it is about to take (preBind),
+// then that pod is taken with a patch carrying the pod's resourceVersion.
+// Only a claim that lost that pod (or had none to name) binds the slab
+// again, with a patch carrying the slab's resourceVersion.
 
 // maxClaimAttempts bounds the warm pods one spawn tries from its cache
 // before it asks the API (freshCandidates): a cached pod may be long taken
@@ -116,6 +119,32 @@ func (s *Server) warmCandidates(pool *spawnerv1.BackendPool, hash string) []*cor
 	return out
 }
 
+// preBind names, in a pool backend about to be created, the warm pod its
+// claim takes first (AnnotationPod, and the pod's node as the node label):
+// when the take wins, which is every claim but the losers of a race, the
+// claim is two sequential API writes, the create and the take. A third, the
+// bind, was the slowest: 12–36 ms of a ~43 ms warm spawn on the local
+// cluster (a merge patch of a CRD whose schema holds a pod template; make
+// bench-pool, 2026-12-01). Until the slab holds the pod (HoldsPod) it is
+// still claiming, whatever the annotation says: nobody routes to that pod,
+// records the slab Ready or deletes the pod for it, and the controller
+// closes the claim after ClaimTimeout like an unbound one. It returns the
+// pod, reserved in takenHere, or nil (the cache has no claimable pod: the
+// slab is created unbound).
+func (s *Server) preBind(slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, hash string) *corev1.Pod {
+	for _, p := range s.warmCandidates(pool, hash) {
+		if !s.taken.reserve(p.UID, time.Now()) {
+			continue
+		}
+		slab.Annotations[spawnerv1.AnnotationPod] = p.Name
+		if p.Spec.NodeName != "" {
+			slab.Labels[spawnerv1.LabelNode] = p.Spec.NodeName
+		}
+		return p
+	}
+	return nil
+}
+
 // freshCandidates are the pool's claimable pods as the Kubernetes API has
 // them now (a list, not the cache), shuffled. A pod this claim took and
 // deleted (its hook failed) is not among them: it is being deleted. A claim asks for them once, when the cache gave it no pod: the
@@ -186,12 +215,14 @@ func (t *takenHere) release(uid types.UID) {
 	delete(t.at, uid)
 }
 
-// claim binds a claiming slab just created by this spawn: to a warm pod of
-// pool if it can take one, else to the cold path. It returns the bound slab
-// and whether it is warm. session is what the pool's claim hook, if it has
-// one, receives before the pod is bound.
+// claim completes the claim of a slab just created by this spawn: it takes
+// pre, the warm pod the slab was created bound to (preBind), if any, else a
+// warm pod of pool, else binds the slab to the cold path. It returns the
+// bound slab and whether it is warm. session is what the pool's claim hook,
+// if it has one, receives before the pod is bound; created is when the
+// slab's create was sent.
 //
-// It tries the cached candidates first (at most maxClaimAttempts); when
+// After pre it tries the cached candidates (at most maxClaimAttempts); when
 // none is left (the cache had none, or every one was lost to a conflict),
 // it asks the API once for the pool's claimable pods (freshCandidates) and
 // tries every one of those before going cold. Each of them it loses was
@@ -199,10 +230,13 @@ func (t *takenHere) release(uid types.UID) {
 // every pod Ready at its list went to others: N concurrent spawns against
 // N Ready pods all go warm; stopping after 8 lost takes would let a claim
 // go cold while a listed pod is still free (TestClaimTriesEveryListedPod).
-// Not yet measured on its own: the bench burst that had 5 of 20 claims go
-// cold ran an older api-server, without the list or the bind retry.
-func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, hash string, session ClaimSession) (*spawnerv1.SessionLivedBackend, bool, error) {
+func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, hash string, session ClaimSession, pre *corev1.Pod, created time.Time) (*spawnerv1.SessionLivedBackend, bool, error) {
 	hookCalls := 0
+	if pre != nil {
+		if bound, ok, done, err := s.take(ctx, slab, pool, pre, session, &hookCalls, true, created); done {
+			return bound, ok, err
+		}
+	}
 	for round := 0; round < 2 && hookCalls < maxHookAttempts; round++ {
 		candidates := s.warmCandidates(pool, hash)
 		if round == 1 {
@@ -216,7 +250,20 @@ func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend,
 			if (round == 0 && i == maxClaimAttempts) || hookCalls == maxHookAttempts {
 				break
 			}
-			bound, ok, done, err := s.take(ctx, slab, pool, p, session, &hookCalls, round == 0)
+			// The cached candidates skip a pod another claim of this
+			// replica is taking or took (takenHere), and pre, which this
+			// claim lost with the version the cache still has. The API's
+			// list is tried whole: a pod another claim here was taking
+			// may be free again (that take lost), and a claim goes cold
+			// only when every listed pod went to another spawn.
+			if round == 0 && pre != nil && p.UID == pre.UID {
+				continue
+			}
+			reserved := s.taken.reserve(p.UID, time.Now())
+			if round == 0 && !reserved {
+				continue
+			}
+			bound, ok, done, err := s.take(ctx, slab, pool, p, session, &hookCalls, reserved, created)
 			if done {
 				if ok && round == 1 {
 					s.metrics.claimFromList.Inc()
@@ -232,20 +279,20 @@ func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend,
 	return bound, false, nil
 }
 
+// lateTake is how long after its create a claim that took the pod its slab
+// was created bound to (preBind) reads the slab again before it calls the
+// claim warm: by then the controller may have closed the claim (it does
+// ClaimTimeout after the slab's creationTimestamp, which the API server
+// truncates to the second: 4 s at the earliest), binding it elsewhere. A
+// take that slow happens only under a burst or a stalled API server; the
+// read costs nothing to the others.
+const lateTake = 2 * time.Second
+
 // take tries to claim warm pod p for slab; done reports that the claim is
 // over (bound warm, or bound by the controller meanwhile), else the caller
-// tries the next pod.
-//
-// With skipTakenHere (the cached candidates), it skips a pod another claim
-// of this replica is taking or took (takenHere). The API's list is tried
-// whole: a pod another claim here was taking when this one skipped it may
-// be free again (that take lost), and a claim goes cold only when every
-// listed pod went to another spawn.
-func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, p *corev1.Pod, session ClaimSession, hookCalls *int, skipTakenHere bool) (bound *spawnerv1.SessionLivedBackend, warm, done bool, err error) {
-	reserved := s.taken.reserve(p.UID, time.Now())
-	if !reserved && skipTakenHere {
-		return nil, false, false, nil // another claim here has it: the next one
-	}
+// tries the next pod. reserved: the caller reserved p in takenHere (a lost
+// take releases it).
+func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, p *corev1.Pod, session ClaimSession, hookCalls *int, reserved bool, created time.Time) (bound *spawnerv1.SessionLivedBackend, warm, done bool, err error) {
 	hook := pool.Spec.ClaimHook
 	// Take the pod: its owner becomes the slab (a pod has one controller,
 	// so no two spawns hold it), it gets the backend label (the sweeper
@@ -253,8 +300,7 @@ func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 	// resourceVersion makes the patch fail if anyone changed the pod since
 	// we saw it unclaimed. With a claim hook the backend label waits for the
 	// hook's success: the sweeper, which records Ready, follows only
-	// labelled pods, and the controller binds a stalled claim only to a
-	// labelled pod (docs/pools.md).
+	// labelled pods, and a slab holds only a labelled pod (HoldsPod).
 	podLabels := map[string]string{}
 	if hook == nil {
 		podLabels[spawnerv1.LabelBackend] = slab.Name
@@ -297,6 +343,24 @@ func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 			s.deleteTaken(ctx, p)
 			return nil, false, false, nil
 		}
+	}
+	if slab.Annotations[spawnerv1.AnnotationPod] == p.Name {
+		// The slab was created bound to this pod (preBind): holding it
+		// completes the claim, unless a take this slow came after the
+		// controller closed the claim.
+		if time.Since(created) < lateTake {
+			return slab, true, true, nil
+		}
+		cur, err := s.slabs.SpawnerV1().SessionLivedBackends(slab.Namespace).Get(ctx, slab.Name, metav1.GetOptions{})
+		if err != nil {
+			s.log.Error("claim: re-reading a slow claim; taking it as bound", "backend", slab.Name, "pod", p.Name, "err", err)
+			return slab, true, true, nil
+		}
+		if name, _ := spawnerv1.PodNameOf(cur); name == p.Name {
+			return cur, true, true, nil
+		}
+		s.deleteTaken(ctx, p)
+		return cur, isWarm(cur), true, nil
 	}
 	bound, err = s.bind(ctx, slab, p.Name, p.Spec.NodeName)
 	if err == nil {
@@ -420,26 +484,31 @@ func (s *Server) deleteTaken(ctx context.Context, p *corev1.Pod) {
 }
 
 // bind sets the slab's pod, with the slab's resourceVersion as precondition,
-// and, when given, the node label of the pod's node (spawnerv1.LabelNode, as
-// the controller sets it; one write fewer for it per warm claim).
+// and the node label of the pod's node when given (spawnerv1.LabelNode, as
+// the controller sets it; one write fewer for it per warm claim), else
+// removes a node label preBind set.
 // The precondition is there to lose to the controller's close of a stalled
 // claim, but any write bumps the resourceVersion: the controller writes a
 // new slab's status (its URL, Pending) while the claim runs, and on the
 // loaded local cluster that made 2 of 15 sequential claims from a full pool
 // conflict, free the pod they had taken and answer cold. So a conflict is
-// retried on the slab as it is now while it is still claiming; once it is
-// bound (the controller closed the claim) the conflict stands.
+// retried on the slab as it is now while its binding is still the one this
+// claim created it with (none, or preBind's pod); once it changed (the
+// controller closed the claim) the conflict stands.
 func (s *Server) bind(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pod, node string) (*spawnerv1.SessionLivedBackend, error) {
 	client := s.slabs.SpawnerV1().SessionLivedBackends(slab.Namespace)
+	from := slab.Annotations[spawnerv1.AnnotationPod]
 	for attempt := 0; ; attempt++ {
-		meta := map[string]any{
+		md := map[string]any{
 			"resourceVersion": slab.ResourceVersion,
 			"annotations":     map[string]string{spawnerv1.AnnotationPod: pod},
 		}
 		if node != "" {
-			meta["labels"] = map[string]string{spawnerv1.LabelNode: node}
+			md["labels"] = map[string]string{spawnerv1.LabelNode: node}
+		} else if slab.Labels[spawnerv1.LabelNode] != "" {
+			md["labels"] = map[string]any{spawnerv1.LabelNode: nil}
 		}
-		patch, _ := json.Marshal(map[string]any{"metadata": meta})
+		patch, _ := json.Marshal(map[string]any{"metadata": md})
 		bound, err := client.Patch(ctx, slab.Name, types.MergePatchType, patch, metav1.PatchOptions{})
 		if err == nil || !apierrors.IsConflict(err) || attempt == 4 {
 			return bound, err
@@ -448,7 +517,7 @@ func (s *Server) bind(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 		if gerr != nil {
 			return nil, err
 		}
-		if _, claimed := spawnerv1.PodNameOf(cur); claimed || cur.DeletionTimestamp != nil {
+		if cur.Annotations[spawnerv1.AnnotationPod] != from || cur.DeletionTimestamp != nil {
 			return nil, err
 		}
 		slab = cur
@@ -474,11 +543,30 @@ func isWarm(slab *spawnerv1.SessionLivedBackend) bool {
 	return ok && name != slab.Name
 }
 
+// claimOver reports whether a backend's claim, if it came from a pool, is
+// over as this replica's caches have it: bound to the cold path, or to a
+// warm pod it holds (a slab created bound to a pod is claiming until it
+// holds it: preBind), or past its claim (its status records its pod, or it
+// has ended).
+func (s *Server) claimOver(slab *spawnerv1.SessionLivedBackend) bool {
+	name, ok := spawnerv1.PodNameOf(slab)
+	switch {
+	case !ok:
+		return false
+	case slab.Annotations[spawnerv1.AnnotationPool] == "" || name == slab.Name || !live(slab) ||
+		meta.IsStatusConditionTrue(slab.Status.Conditions, lifecycle.ConditionPodCreated):
+		return true
+	}
+	p, ok := s.pod(name)
+	return ok && spawnerv1.HoldsPod(slab, p)
+}
+
 // awaitBind waits until a claiming slab (another spawn's claim, maybe in
-// another replica) is bound, and returns it as the cache then has it. A
-// claim binds within milliseconds; one whose api-server died is bound by
-// the controller after reconciler.ClaimTimeout, so the wait ends a second
-// after that at the latest, with the slab as it was.
+// another replica) is bound and holds its pod (claimOver), and returns it as
+// the cache then has it. A claim completes within milliseconds; one whose
+// api-server died is bound by the controller after reconciler.ClaimTimeout,
+// so the wait ends a second after that at the latest, with the slab as it
+// was.
 func (s *Server) awaitBind(ctx context.Context, slab *spawnerv1.SessionLivedBackend) *spawnerv1.SessionLivedBackend {
 	wake, unsubscribe := s.watchers.subscribe(slab.Name)
 	defer unsubscribe()
@@ -486,9 +574,10 @@ func (s *Server) awaitBind(ctx context.Context, slab *spawnerv1.SessionLivedBack
 	defer timeout.Stop()
 	for {
 		if cur, err := s.slabLister.Get(slab.Name); err == nil {
-			if _, bound := spawnerv1.PodNameOf(cur); bound {
+			if s.claimOver(cur) {
 				return cur
 			}
+			slab = cur
 		}
 		select {
 		case <-wake:

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -86,13 +87,21 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 		got     *spawnerv1.SessionLivedBackend
 		spawned bool
 		err     error
+		pre     *corev1.Pod
 	)
+	if pool != nil {
+		pre = s.preBind(slab, pool, pool.TemplateHash())
+	}
+	created := time.Now()
 	if req.Key == "" {
 		slab.GenerateName = slabNamePrefix
 		got, err = s.slabs.SpawnerV1().SessionLivedBackends(s.cfg.BackendNamespace).Create(r.Context(), slab, metav1.CreateOptions{})
 		spawned = err == nil
 	} else {
 		got, spawned, err = s.getOrCreate(r.Context(), req.Key, slab)
+	}
+	if pre != nil && !spawned {
+		s.taken.release(pre.UID) // not ours to claim
 	}
 	if err != nil {
 		s.metrics.spawnErrors.Inc()
@@ -115,14 +124,13 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 			// claim that fails half-way leaves the slab claiming; the
 			// controller binds it within its claim timeout, so the answer
 			// still names a backend that will start.
-			start := time.Now()
 			session := ClaimSession{Backend: got.Name, Key: req.Key, Env: req.Env, Labels: req.Labels}
-			bound, ok, err := s.claim(r.Context(), got, pool, pool.TemplateHash(), session)
+			bound, ok, err := s.claim(r.Context(), got, pool, pool.TemplateHash(), session, pre, created)
 			if err != nil {
 				s.log.Error("claim failed; the controller will bind the backend", "name", got.Name, "pool", pool.Name, "err", err)
 			} else {
 				got, warmNow = bound, ok
-				s.metrics.claimDuration.Observe(time.Since(start).Seconds())
+				s.metrics.claimDuration.Observe(time.Since(created).Seconds())
 				if warmNow {
 					s.metrics.claimWarm.Inc()
 					// Its status says Ready a write later; the answer
@@ -133,12 +141,12 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 					s.metrics.claimCold.Inc()
 				}
 			}
-		} else if _, bound := spawnerv1.PodNameOf(got); !bound {
+		} else if !s.claimOver(got) {
 			// Another spawn of this key (in any replica) is claiming
 			// this backend right now: answer once it is bound, so that
 			// "warm" says what every caller of the key gets.
 			got = s.awaitBind(r.Context(), got)
-			warmNow = isWarm(got)
+			warmNow = isWarm(got) && s.claimOver(got)
 		}
 		warm = &warmNow
 	}

@@ -208,12 +208,16 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := slab.Name
-	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" && !bound(slab) && s.cached(slab) {
-		slab = s.claimedState(r.Context(), slab)
+	done := false
+	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" {
+		if !s.claimOver(slab) && s.cached(slab) {
+			slab = s.claimedState(r.Context(), slab)
+		}
+		done = s.claimDone(r.Context(), slab)
 	}
 	st := currentStatus(slab)
 	switch phase := lifecycle.Phase(slab); {
-	case phase == lifecycle.Ready || (live(slab) && claimDone(slab)):
+	case phase == lifecycle.Ready || (live(slab) && done):
 		tok, ok := s.creds.access.tokenFor(slab)
 		if !ok {
 			writeError(w, http.StatusInternalServerError, "backend has no access-token salt")
@@ -238,21 +242,24 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 }
 
 // claimDone reports whether a backend's warm claim is complete: it is bound
-// to a pool's warm pod, which was Ready when taken and whose claim hook, if
-// any, took the session (a claim binds only then, and so does the
-// controller when it closes a stalled claim). Such a backend is Ready at its
-// bind: the ready URL redirects it although its status may say Ready only a
-// write later (recordClaimed runs after the spawn answered), and the router
-// waits for that write, milliseconds, like for any starting backend.
-func claimDone(slab *spawnerv1.SessionLivedBackend) bool {
-	return slab.Annotations[spawnerv1.AnnotationPool] != "" && isWarm(slab)
-}
-
-// bound reports whether a backend's claim (if it came from a pool) is over:
-// bound to a warm pod or to the cold path.
-func bound(slab *spawnerv1.SessionLivedBackend) bool {
-	_, ok := spawnerv1.PodNameOf(slab)
-	return ok
+// to a pool's warm pod and holds it (the pod was Ready when taken and its
+// claim hook, if any, took the session: a slab holds its pod only then).
+// Such a backend is Ready at its take: the ready URL redirects it although
+// its status may say Ready only a write later (recordClaimed runs after the
+// spawn answered), and the router waits for that write, milliseconds, like
+// for any starting backend. The pod is read from the API when this
+// replica's cache does not have the take yet (the client may ask a replica
+// whose cache is milliseconds behind the claim's).
+func (s *Server) claimDone(ctx context.Context, slab *spawnerv1.SessionLivedBackend) bool {
+	if slab.Annotations[spawnerv1.AnnotationPool] == "" || !isWarm(slab) {
+		return false
+	}
+	if s.claimOver(slab) {
+		return true
+	}
+	name, _ := spawnerv1.PodNameOf(slab)
+	p, err := s.cachedOrLivePod(ctx, slab, name)
+	return err == nil && spawnerv1.HoldsPod(slab, p)
 }
 
 // cached reports whether slab is this replica's cached copy, not one just
@@ -264,14 +271,15 @@ func (s *Server) cached(slab *spawnerv1.SessionLivedBackend) bool {
 }
 
 // claimedState is a pool backend that this replica's cache has neither
-// Ready nor bound, as the API has it (one bound cold starts like any cold
-// backend, and the cache follows it: a client polling its ready URL made a
-// GET per poll, 634 slab GETs in a burst of 100 claims that sent 13 cold). The client may ask a replica whose
+// Ready nor done claiming (claimOver), as the API has it (one bound cold
+// starts like any cold backend, and the cache follows it: a client polling
+// its ready URL made a GET per poll, 634 slab GETs in a burst of 100 claims
+// that sent 13 cold). The client may ask a replica whose
 // cache is behind the claim: by milliseconds on a quiet cluster, by seconds
 // under a burst of claims (70 of 100 burst claims got their 409 "not ready
 // yet" from a cache that did not even have the bind yet, with Retry-After:
 // 1). One GET answers that; it is only for pool backends the cache has
-// neither Ready nor bound.
+// neither Ready nor done claiming.
 func (s *Server) claimedState(ctx context.Context, slab *spawnerv1.SessionLivedBackend) *spawnerv1.SessionLivedBackend {
 	cur, err := s.slabs.SpawnerV1().SessionLivedBackends(slab.Namespace).Get(ctx, slab.Name, metav1.GetOptions{})
 	if err != nil || cur.UID != slab.UID {

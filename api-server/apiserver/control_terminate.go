@@ -45,9 +45,28 @@ func (s *Server) handleTerminate(w http.ResponseWriter, r *http.Request) {
 		zero := int64(0)
 		bg := metav1.DeletePropagationBackground
 		if podName, bound := spawnerv1.PodNameOf(slab); bound {
-			if err := s.kube.CoreV1().Pods(ns).Delete(ctx, podName, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
-				writeError(w, http.StatusBadGateway, "deleting the pod: "+err.Error())
-				return
+			opts := metav1.DeleteOptions{GracePeriodSeconds: &zero}
+			if podName != slab.Name {
+				// A warm pod is deleted only if this backend holds it: a
+				// slab created bound to the pod its claim is taking
+				// (preBind) may have lost it to another spawn, or not
+				// taken it yet. Its UID as precondition: that very pod.
+				p, err := s.cachedOrLivePod(ctx, slab, podName)
+				switch {
+				case err == nil && spawnerv1.HoldsPod(slab, p):
+					opts.Preconditions = &metav1.Preconditions{UID: &p.UID}
+				case err == nil || apierrors.IsNotFound(err):
+					bound = false
+				default:
+					writeError(w, http.StatusBadGateway, "reading the pod: "+err.Error())
+					return
+				}
+			}
+			if bound {
+				if err := s.kube.CoreV1().Pods(ns).Delete(ctx, podName, opts); err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+					writeError(w, http.StatusBadGateway, "deleting the pod: "+err.Error())
+					return
+				}
 			}
 		}
 		if err := s.slabs.SpawnerV1().SessionLivedBackends(ns).Delete(ctx, name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {

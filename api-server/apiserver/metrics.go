@@ -72,7 +72,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 	m.claimConflicts = r.NewCounter("spawner_api_pool_claim_conflicts_total", "Warm pods a claim lost to another spawn (or that changed under it) before it took one.")
 	m.claimFromList = r.NewCounter("spawner_api_pool_claims_from_list_total", "Warm claims of a pod the api-server's cache did not offer (not Ready there yet, or a version that changed since): found by listing the pool's pods from the API.")
 	m.claimHookFailures = r.NewCounter("spawner_api_pool_claim_hook_failures_total", "Claim hook calls that failed (non-2xx, no connection, timeout); each one's warm pod was deleted, never handed out.")
-	m.claimDuration = r.NewHistogram("spawner_api_pool_claim_duration_seconds", "Time from a pool spawn's slab created to its claim bound (warm or cold).", nil)
+	m.claimDuration = r.NewHistogram("spawner_api_pool_claim_duration_seconds", "Time from a pool spawn's create request to its claim complete (warm or cold).", nil)
 	routes := r.NewCounterVec("spawner_api_router_refused_total", "Router requests not proxied, by reason.", "reason")
 	m.routeDenied = routes.WithLabelValues("forbidden")
 	m.routeNotFound = routes.WithLabelValues("not_found")

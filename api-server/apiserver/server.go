@@ -273,6 +273,15 @@ func (s *Server) pod(name string) (*corev1.Pod, bool) {
 	return p, ok
 }
 
+// cachedOrLivePod is warm pod name from the cache if slab holds it there,
+// else as the API has it now (the cache may not have the take yet).
+func (s *Server) cachedOrLivePod(ctx context.Context, slab *spawnerv1.SessionLivedBackend, name string) (*corev1.Pod, error) {
+	if p, ok := s.pod(name); ok && spawnerv1.HoldsPod(slab, p) {
+		return p, nil
+	}
+	return s.kube.CoreV1().Pods(slab.Namespace).Get(ctx, name, metav1.GetOptions{})
+}
+
 // slabsForKey returns the cached backends of a key.
 func (s *Server) slabsForKey(key string) []*spawnerv1.SessionLivedBackend {
 	objs, err := s.slabInf.GetIndexer().ByIndex(indexKeyHash, keyHashLabel(key))

@@ -497,6 +497,10 @@ func TestClaimsSurviveKilledControllerAndAPIServer(t *testing.T) {
 		if err != nil {
 			return false, err
 		}
+		podsByName := map[string]*corev1.Pod{}
+		for i := range pods.Items {
+			podsByName[pods.Items[i].Name] = &pods.Items[i]
+		}
 		bound := map[string]string{} // pod -> slab
 		byName := map[string]bool{}
 		for _, s := range slabs.Items {
@@ -504,6 +508,13 @@ func TestClaimsSurviveKilledControllerAndAPIServer(t *testing.T) {
 			p, ok := spawnerv1.PodNameOf(&s)
 			if !ok {
 				last = "backend " + s.Name + " unbound"
+				return false, nil
+			}
+			if p != s.Name && !spawnerv1.HoldsPod(&s, podsByName[p]) {
+				// Created bound to the pod its claim was taking: still
+				// claiming (the controller closes it after its claim
+				// timeout if its api-server died).
+				last = "backend " + s.Name + " does not hold its pod " + p + " yet"
 				return false, nil
 			}
 			if other, dup := bound[p]; dup {

@@ -7,10 +7,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 
+	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 )
 
@@ -21,16 +23,51 @@ import (
 // stalled mid-claim leaves a slab claiming this long (docs/pools.md).
 const ClaimTimeout = 5 * time.Second
 
+// awaitingTake reports whether slab, a backend from a pool created bound to
+// a warm pod (the api-server's preBind: docs/pools.md), does not hold that
+// pod yet: its claim's take is in flight, or lost (the api-server binds it
+// again), or its api-server died. Such a slab is still claiming: it gets no
+// status and no pod from us, and its named pod is not its own (neither
+// foreign, which would fail it, nor a stray). Before ClaimTimeout the cache
+// decides (the take's event brings the next sync; a GET per claim would
+// cost the API server a request per claim under a burst); after it, the API
+// does, and a slab still not holding its pod is closed (closeClaim). A slab
+// whose status records its pod (PodCreated) held it once: a pod it no
+// longer holds is lost, not awaited.
+func (c *Controller) awaitingTake(ctx context.Context, slab *spawnerv1.SessionLivedBackend, podName string, now time.Time) (bool, time.Duration, error) {
+	if slab.Annotations[spawnerv1.AnnotationPool] == "" || podName == slab.Name ||
+		meta.IsStatusConditionTrue(slab.Status.Conditions, lifecycle.ConditionPodCreated) {
+		return false, 0, nil
+	}
+	if pod, err := c.pods.Pods(slab.Namespace).Get(podName); err == nil && spawnerv1.HoldsPod(slab, pod) {
+		return false, 0, nil
+	}
+	if left := slab.CreationTimestamp.Add(ClaimTimeout).Sub(now); left > 0 {
+		return true, left, nil
+	}
+	live, err := c.kube.CoreV1().Pods(slab.Namespace).Get(ctx, podName, metav1.GetOptions{})
+	switch {
+	case err == nil && spawnerv1.HoldsPod(slab, live):
+		return false, 0, nil // the cache is behind the take (podOf's caller asks the API too)
+	case err != nil && !apierrors.IsNotFound(err):
+		return true, 0, err
+	}
+	after, err := c.closeClaim(ctx, slab, now)
+	return true, after, err
+}
+
 // closeClaim binds a claiming slab once ClaimTimeout has passed: to the one
 // live pod it controls (the api-server took it, then died before binding),
-// else to its own name, so syncLive creates the pod cold. The write carries
-// the slab's resourceVersion: a bind by the api-server in between wins, and
-// this one conflicts (and requeues).
+// else to its own name, so syncLive creates the pod cold. A slab created
+// bound to a pod it does not hold (awaitingTake) is bound again the same
+// way, and its node label (that pod's node) goes with that binding. The
+// write carries the slab's resourceVersion: a bind by the api-server in
+// between wins, and this one conflicts (and requeues).
 func (c *Controller) closeClaim(ctx context.Context, slab *spawnerv1.SessionLivedBackend, now time.Time) (time.Duration, error) {
 	if left := slab.CreationTimestamp.Add(ClaimTimeout).Sub(now); left > 0 {
 		return left, nil
 	}
-	bind := slab.Name
+	bind, node := slab.Name, ""
 	for _, pod := range c.claimedPods(slab) {
 		// Only a pod labelled with the backend is finished: a pool with a
 		// claim hook labels its pod once the hook succeeded, so a pod
@@ -38,16 +75,24 @@ func (c *Controller) closeClaim(ctx context.Context, slab *spawnerv1.SessionLive
 		// received it yet); it stays a stray, deleted once bound.
 		if pod.Labels[spawnerv1.LabelBackend] == slab.Name && pod.DeletionTimestamp == nil &&
 			pod.Status.Phase != corev1.PodFailed && pod.Status.Phase != corev1.PodSucceeded {
-			bind = pod.Name
+			bind, node = pod.Name, pod.Spec.NodeName
 			break
 		}
 	}
 	// A merge patch carrying the resourceVersion is a precondition like an
 	// update's, with the patch verb the controller already has.
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{
+	md := map[string]any{
 		"resourceVersion": slab.ResourceVersion,
 		"annotations":     map[string]string{spawnerv1.AnnotationPod: bind},
-	}})
+	}
+	if old := slab.Labels[spawnerv1.LabelNode]; old != node {
+		if node == "" {
+			md["labels"] = map[string]any{spawnerv1.LabelNode: nil}
+		} else {
+			md["labels"] = map[string]string{spawnerv1.LabelNode: node}
+		}
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": md})
 	if _, err := c.spawner.SpawnerV1().SessionLivedBackends(slab.Namespace).Patch(ctx, slab.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		if apierrors.IsNotFound(err) {
 			return 0, nil

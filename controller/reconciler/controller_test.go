@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -465,5 +466,78 @@ func TestControllerLeavesAPendingClaimsStatusToTheClaim(t *testing.T) {
 		if got := f.slab("b"); !condIs(&got.Status, lifecycle.ConditionRunning, metav1.ConditionTrue, lifecycle.ReasonContainersStarted) {
 			t.Errorf("no claim recorded it within %v: status %+v, want the controller's", lifecycle.ClaimRecordWait, got.Status)
 		}
+	}
+}
+
+// poolPod is warm pod name of pool rooms, unclaimed.
+func poolPod(name string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", UID: types.UID("uid-" + name),
+		Labels: map[string]string{spawnerv1.LabelPool: "rooms"},
+		OwnerReferences: []metav1.OwnerReference{{APIVersion: spawnerv1.SchemeGroupVersion.String(), Kind: "BackendPool",
+			Name: "rooms", UID: "pool-uid", Controller: ptr.To(true)}}},
+		Spec:   corev1.PodSpec{NodeName: "n1"},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+}
+
+// TestSlabAwaitingItsTakeIsClaiming: a slab the api-server created bound to
+// the warm pod its claim is about to take (preBind) does not hold it yet:
+// until ClaimTimeout the controller leaves it alone (no status, no pod, and
+// the pool's pod is not called foreign, which failed the backend
+// InvalidSpec before); then, still not holding it, the claim is closed
+// cold, its node label (that pod's node) removed, and the pod left to its
+// pool.
+func TestSlabAwaitingItsTakeIsClaiming(t *testing.T) {
+	slab := newSlab()
+	slab.Annotations = map[string]string{spawnerv1.AnnotationPool: "rooms", spawnerv1.AnnotationPod: "rooms-x"}
+	slab.Labels = map[string]string{spawnerv1.LabelNode: "n1"}
+	f := newFixture(t, slab, poolPod("rooms-x"))
+	f.clock.Step(time.Second)
+	if after := f.sync(slab); after <= 0 || after > ClaimTimeout-time.Second {
+		t.Errorf("requeue after %v, want by ClaimTimeout (%v)", after, ClaimTimeout-time.Second)
+	}
+	if a := f.spawner.Actions(); len(f.actions("update", "sessionlivedbackends"))+len(f.actions("patch", "sessionlivedbackends")) != 0 {
+		t.Fatalf("slab written while its take is in flight: %v (status %+v)", a, f.slab("b").Status)
+	}
+	if n := len(f.actions("create", "pods")) + len(f.actions("delete", "pods")); n != 0 {
+		t.Fatalf("%d pod writes while the take is in flight", n)
+	}
+	f.clock.Step(ClaimTimeout)
+	f.sync(f.slab("b"))
+	got := f.slab("b")
+	if pod, _ := spawnerv1.PodNameOf(got); pod != "b" || got.Labels[spawnerv1.LabelNode] != "" || got.Status.Phase == lifecycle.Failed {
+		t.Errorf("after ClaimTimeout: bound to %q, node label %q, phase %s; want closed cold, no node label, not failed", pod, got.Labels[spawnerv1.LabelNode], got.Status.Phase)
+	}
+	if n := len(f.actions("delete", "pods")); n != 0 {
+		t.Errorf("the pool's pod was deleted")
+	}
+	if ev := f.events(); len(ev) == 0 || !strings.Contains(ev[0], "ClaimClosed") {
+		t.Errorf("events %q, want ClaimClosed", ev)
+	}
+}
+
+// TestALostTakesNextPodIsNoStray: the api-server lost the pod its slab was
+// created bound to (another spawn holds it) and took another, which it is
+// about to bind: that pod is the claim's, not a stray to delete (the
+// controller deleted it before, as a pod the slab controls but is not bound
+// to).
+func TestALostTakesNextPodIsNoStray(t *testing.T) {
+	slab := newSlab()
+	slab.Annotations = map[string]string{spawnerv1.AnnotationPool: "rooms", spawnerv1.AnnotationPod: "rooms-x"}
+	other := newSlab()
+	other.Name, other.UID = "other", "other-uid"
+	lost := poolPod("rooms-x")
+	lost.Labels[spawnerv1.LabelBackend] = "other"
+	lost.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(other, slabGVK)}
+	next := poolPod("rooms-y")
+	next.Labels[spawnerv1.LabelBackend] = "b"
+	next.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(slab, slabGVK)}
+	f := newFixture(t, slab, lost, next)
+	f.clock.Step(time.Second)
+	f.sync(slab)
+	if n := len(f.actions("delete", "pods")); n != 0 {
+		t.Errorf("%d pods deleted while the claim binds the pod it took", n)
+	}
+	if got := f.slab("b"); got.Status.Phase == lifecycle.Failed {
+		t.Errorf("status %+v: failed for a pod another slab holds", got.Status)
 	}
 }

@@ -58,6 +58,9 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 	if !bound {
 		return c.closeClaim(ctx, slab, now)
 	}
+	if awaiting, after, err := c.awaitingTake(ctx, slab, podName, now); awaiting || err != nil {
+		return after, err
+	}
 	if slab.Annotations[spawnerv1.AnnotationPool] != "" {
 		if err := c.deleteStrays(ctx, slab, podName); err != nil {
 			return 0, err
