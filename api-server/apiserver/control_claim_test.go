@@ -708,3 +708,34 @@ func TestReadyURLOfAColdPoolBackendReadsTheCache(t *testing.T) {
 		t.Errorf("ready URL of a starting cold pool backend: %d %s after %d GETs, want 409 after none", resp.StatusCode, body, gets.Load())
 	}
 }
+
+// TestReadyURLOfAClaimAheadOfThePodCacheReadsThePod: the client follows its
+// ready URL to a replica whose pod cache does not have the take yet (the
+// claim's slab, created bound to that pod, it has): one pod GET tells the
+// claim is done; the slab, which the take did not change, is not read.
+// Before, that slab was read first: two GETs on a warm claim's ready URL.
+func TestReadyURLOfAClaimAheadOfThePodCacheReadsThePod(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	claiming, tok := e.addClaiming("b-claiming", "rooms", "rooms-0")
+	e.takePod("rooms-0", claiming)
+	e.eventually(func() bool { p, ok := e.s.pod("rooms-0"); return ok && spawnerv1.HoldsPod(claiming, p) })
+	e.lagCache("rooms-0", func(p *corev1.Pod) {
+		delete(p.Labels, spawnerv1.LabelBackend)
+		p.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(e.pool("rooms"), spawnerv1.SchemeGroupVersion.WithKind("BackendPool"))}
+	})
+	var slabGets, podGets atomic.Int64
+	e.slabs.PrependReactor("get", "sessionlivedbackends", func(k8stesting.Action) (bool, runtime.Object, error) {
+		slabGets.Add(1)
+		return false, nil, nil
+	})
+	e.kube.PrependReactor("get", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		podGets.Add(1)
+		return false, nil, nil
+	})
+	resp := e.do("GET", "/backend/"+claiming.Name+"/ready?"+tokenParam+"="+url.QueryEscape(tok), "")
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusFound || slabGets.Load() != 0 || podGets.Load() != 1 {
+		t.Errorf("ready URL: %d %s after %d slab GETs and %d pod GETs, want 302 after 0 and 1", resp.StatusCode, body, slabGets.Load(), podGets.Load())
+	}
+}

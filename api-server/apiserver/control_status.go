@@ -210,10 +210,14 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	name := slab.Name
 	done := false
 	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" {
-		if !s.claimOver(slab) && s.cached(slab) {
-			slab = s.claimedState(r.Context(), slab)
-		}
+		// The claim's slab as cached, and its pod as cached or read; only
+		// a claim still not done that way is read from the API (its take
+		// may have lost and bound another pod since).
 		done = s.claimDone(r.Context(), slab)
+		if !done && !s.claimOver(slab) && s.cached(slab) {
+			slab = s.claimedState(r.Context(), slab)
+			done = s.claimDone(r.Context(), slab)
+		}
 	}
 	st := currentStatus(slab)
 	switch phase := lifecycle.Phase(slab); {
