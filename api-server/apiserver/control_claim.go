@@ -32,10 +32,16 @@ import (
 // Only a claim that lost that pod (or had none to name) binds the slab
 // again, with a patch carrying the slab's resourceVersion.
 
-// maxClaimAttempts bounds the warm pods one spawn tries from its cache
-// before it asks the API (freshCandidates): a cached pod may be long taken
-// (the cache lags most under a burst, when it matters most).
-const maxClaimAttempts = 8
+// maxCachedLosses is how many takes of cached pods (preBind's included) a
+// spawn may lose before it asks the API for the pool's free pods
+// (freshCandidates): a take lost to another spawn says the cache offered a
+// pod already taken, and the cache lags most under a burst, when it matters
+// most. In a burst of 100 claims against 100 warm pods on the local
+// cluster, the replica whose cache lagged lost 70 takes (the other 6), each
+// a write of 0.5–1 s under that load, and its claims that passed
+// reconciler.ClaimTimeout were closed cold; it then tried up to 8 cached
+// pods before the list.
+const maxCachedLosses = 2
 
 // fromPool makes slab (built from the request) a backend of pool: the
 // pool's spec, with the request's key and, when given, grace period and
@@ -222,20 +228,22 @@ func (t *takenHere) release(uid types.UID) {
 // if it has one, receives before the pod is bound; created is when the
 // slab's create was sent.
 //
-// After pre it tries the cached candidates (at most maxClaimAttempts); when
-// none is left (the cache had none, or every one was lost to a conflict),
-// it asks the API once for the pool's claimable pods (freshCandidates) and
+// After pre it tries the cached candidates until it lost maxCachedLosses
+// takes; then, or when none is left (the cache had none, or every one was
+// lost to a conflict), it asks the API once for the pool's claimable pods
+// (freshCandidates) and
 // tries every one of those before going cold. Each of them it loses was
 // taken by another spawn since the list, so a spawn goes cold only when
 // every pod Ready at its list went to others: N concurrent spawns against
 // N Ready pods all go warm; stopping after 8 lost takes would let a claim
 // go cold while a listed pod is still free (TestClaimTriesEveryListedPod).
 func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend, pool *spawnerv1.BackendPool, hash string, session ClaimSession, pre *corev1.Pod, created time.Time) (*spawnerv1.SessionLivedBackend, bool, error) {
-	hookCalls := 0
+	hookCalls, lost := 0, 0
 	if pre != nil {
 		if bound, ok, done, err := s.take(ctx, slab, pool, pre, session, &hookCalls, true, created); done {
 			return bound, ok, err
 		}
+		lost++
 	}
 	for round := 0; round < 2 && hookCalls < maxHookAttempts; round++ {
 		candidates := s.warmCandidates(pool, hash)
@@ -246,8 +254,8 @@ func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend,
 				break
 			}
 		}
-		for i, p := range candidates {
-			if (round == 0 && i == maxClaimAttempts) || hookCalls == maxHookAttempts {
+		for _, p := range candidates {
+			if (round == 0 && lost >= maxCachedLosses) || hookCalls == maxHookAttempts {
 				break
 			}
 			// The cached candidates skip a pod another claim of this
@@ -270,6 +278,7 @@ func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend,
 				}
 				return bound, ok, err
 			}
+			lost++
 		}
 	}
 	bound, err := s.bind(ctx, slab, slab.Name, "")
