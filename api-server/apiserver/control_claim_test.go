@@ -764,3 +764,26 @@ func TestClaimAsksTheAPIAfterTwoLostTakes(t *testing.T) {
 		t.Errorf("%d takes, %v claims from the list: want the third take from the list", n, fromList)
 	}
 }
+
+// TestAFailedClaimIsNotAnsweredWarm: a claim that fails half-way (the API
+// refuses its take and then its bind with errors that are not conflicts)
+// answers with the backend it created, which the controller binds after its
+// claim timeout; that answer does not say warm, although the slab was
+// created bound to the pod the claim meant to take (preBind).
+func TestAFailedClaimIsNotAnsweredWarm(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	e.kube.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewInternalError(errors.New("etcd is away"))
+	})
+	e.slabs.PrependReactor("patch", "sessionlivedbackends", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewInternalError(errors.New("etcd is away"))
+	})
+	code, got, raw := e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || *got.Warm {
+		t.Fatalf("spawn: %d %s, want 201 with warm false", code, raw)
+	}
+	if exists, backend := e.podState("rooms-0"); !exists || backend != "" {
+		t.Errorf("pool pod rooms-0: exists %v, backend %q, want left to its pool", exists, backend)
+	}
+}

@@ -118,7 +118,7 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	}
 	var warm *bool
 	if pool != nil {
-		warmNow := isWarm(got)
+		warmNow := isWarm(got) && s.claimOver(got) // a slab created bound to a pod is warm once it holds it
 		if spawned {
 			// Ours to claim: bind it to a warm pod or to the cold path. A
 			// claim that fails half-way leaves the slab claiming; the
