@@ -787,3 +787,38 @@ func TestAFailedClaimIsNotAnsweredWarm(t *testing.T) {
 		t.Errorf("pool pod rooms-0: exists %v, backend %q, want left to its pool", exists, backend)
 	}
 }
+
+// TestReadyURLWaitsBrieflyForTheClaimsEvents: the client follows its ready
+// URL straight from the spawn's answer to a replica whose cache has the
+// claim's slab but not yet its take, which arrives 10 ms later: the ready
+// URL redirects once it does, asking the API nothing. Before, it read the
+// pod from the API at once (a GET that took 37 ms on the local cluster
+// while the claim's other writes ran).
+func TestReadyURLWaitsBrieflyForTheClaimsEvents(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	claiming, tok := e.addClaiming("b-claiming", "rooms", "rooms-0")
+	e.takePod("rooms-0", claiming)
+	e.eventually(func() bool { p, ok := e.s.pod("rooms-0"); return ok && spawnerv1.HoldsPod(claiming, p) })
+	e.lagCache("rooms-0", func(p *corev1.Pod) {
+		delete(p.Labels, spawnerv1.LabelBackend)
+		p.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(e.pool("rooms"), spawnerv1.SchemeGroupVersion.WithKind("BackendPool"))}
+	})
+	var gets atomic.Int64
+	count := func(k8stesting.Action) (bool, runtime.Object, error) { gets.Add(1); return false, nil, nil }
+	e.slabs.PrependReactor("get", "*", count)
+	e.kube.PrependReactor("get", "*", count)
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		// Any later event of the pod brings the cache up to date.
+		patch := []byte(`{"metadata":{"annotations":{"example.com/touched":"yes"}}}`)
+		if _, err := e.kube.CoreV1().Pods(testNS).Patch(context.Background(), "rooms-0", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Error(err)
+		}
+	}()
+	resp := e.do("GET", "/backend/"+claiming.Name+"/ready?"+tokenParam+"="+url.QueryEscape(tok), "")
+	body := readBody(t, resp)
+	if resp.StatusCode != http.StatusFound || gets.Load() != 0 {
+		t.Errorf("ready URL: %d %s after %d GETs, want 302 after none", resp.StatusCode, body, gets.Load())
+	}
+}

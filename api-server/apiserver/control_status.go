@@ -210,14 +210,7 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	name := slab.Name
 	done := false
 	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" {
-		// The claim's slab as cached, and its pod as cached or read; only
-		// a claim still not done that way is read from the API (its take
-		// may have lost and bound another pod since).
-		done = s.claimDone(r.Context(), slab)
-		if !done && !s.claimOver(slab) && s.cached(slab) {
-			slab = s.claimedState(r.Context(), slab)
-			done = s.claimDone(r.Context(), slab)
-		}
+		slab, done = s.awaitClaim(r.Context(), slab)
 	}
 	st := currentStatus(slab)
 	switch phase := lifecycle.Phase(slab); {
@@ -245,21 +238,77 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// claimDone reports whether a backend's warm claim is complete: it is bound
-// to a pool's warm pod and holds it (the pod was Ready when taken and its
-// claim hook, if any, took the session: a slab holds its pod only then).
-// Such a backend is Ready at its take: the ready URL redirects it although
-// its status may say Ready only a write later (recordClaimed runs after the
-// spawn answered), and the router waits for that write, milliseconds, like
-// for any starting backend. The pod is read from the API when this
-// replica's cache does not have the take yet (the client may ask a replica
-// whose cache is milliseconds behind the claim's).
-func (s *Server) claimDone(ctx context.Context, slab *spawnerv1.SessionLivedBackend) bool {
+// claimDone reports whether a backend's warm claim is complete, as this
+// replica's caches have it: it is bound to a pool's warm pod and holds it
+// (the pod was Ready when taken and its claim hook, if any, took the
+// session: a slab holds its pod only then). Such a backend is Ready at its
+// take: the ready URL redirects it although its status may say Ready only a
+// write later (recordClaimed runs after the spawn answered), and the router
+// waits for that write, milliseconds, like for any starting backend.
+func (s *Server) claimDone(slab *spawnerv1.SessionLivedBackend) bool {
+	return slab.Annotations[spawnerv1.AnnotationPool] != "" && isWarm(slab) && s.claimOver(slab)
+}
+
+// claimCacheWait is how long the ready URL of a pool backend whose claim
+// this replica's caches do not show over yet waits for them before it asks
+// the API. The client comes straight from the spawn's answer, so the
+// claim's events are on their way (milliseconds); a pod GET in their place
+// took 37 ms on the local cluster while the claim's other writes ran, and a
+// replica whose caches lag seconds (under a burst) asks the API after this.
+const claimCacheWait = 50 * time.Millisecond
+
+// awaitClaim is a live pool backend's slab and whether its warm claim is
+// done (claimDone): from this replica's caches, waiting up to
+// claimCacheWait for them, then from the API: the pod the slab names (the
+// cache may not have the take yet), and a cached slab as the API has it
+// now (the cache may not have its binding yet, or a lost take bound another
+// pod since). A slab the cache does not have was just read from the API:
+// it is not read again.
+func (s *Server) awaitClaim(ctx context.Context, slab *spawnerv1.SessionLivedBackend) (*spawnerv1.SessionLivedBackend, bool) {
+	if s.claimOver(slab) {
+		return slab, s.claimDone(slab)
+	}
+	cached := s.cached(slab)
+	if cached {
+		wake, unsubscribe := s.watchers.subscribe(slab.Name)
+		defer unsubscribe()
+		timeout := time.NewTimer(claimCacheWait)
+		defer timeout.Stop()
+	wait:
+		for {
+			if cur, err := s.slabLister.Get(slab.Name); err == nil && cur.UID == slab.UID {
+				slab = cur
+			}
+			if s.claimOver(slab) {
+				return slab, s.claimDone(slab)
+			}
+			select {
+			case <-wake:
+			case <-timeout.C:
+				break wait
+			case <-ctx.Done():
+				return slab, false
+			}
+		}
+	}
+	if s.heldLive(ctx, slab) {
+		return slab, true
+	}
+	if !cached {
+		return slab, false
+	}
+	if cur := s.claimedState(ctx, slab); cur != slab {
+		slab = cur
+		return slab, s.claimDone(slab) || s.heldLive(ctx, slab)
+	}
+	return slab, false
+}
+
+// heldLive reports whether slab holds the warm pod it names, as the API
+// has the pod (or the cache, when it shows it held).
+func (s *Server) heldLive(ctx context.Context, slab *spawnerv1.SessionLivedBackend) bool {
 	if slab.Annotations[spawnerv1.AnnotationPool] == "" || !isWarm(slab) {
 		return false
-	}
-	if s.claimOver(slab) {
-		return true
 	}
 	name, _ := spawnerv1.PodNameOf(slab)
 	p, err := s.cachedOrLivePod(ctx, slab, name)
