@@ -40,8 +40,9 @@ import (
 // cluster, the replica whose cache lagged lost 70 takes (the other 6), each
 // a write of 0.5–1 s under that load, and its claims that passed
 // reconciler.ClaimTimeout were closed cold; it then tried up to 8 cached
-// pods before the list.
-const maxCachedLosses = 2
+// pods before the list. With 2, a later burst still had one replica lose
+// 77 takes to the other's 17.
+const maxCachedLosses = 1
 
 // fromPool makes slab (built from the request) a backend of pool: the
 // pool's spec, with the request's key and, when given, grace period and
@@ -168,7 +169,10 @@ func (s *Server) freshCandidates(ctx context.Context, pool *spawnerv1.BackendPoo
 	}
 	var out []*corev1.Pod
 	for i := range list.Items {
-		if p := &list.Items[i]; claimable(p, pool, hash) {
+		// Trimmed as the cache's are: the claim hook is called at the
+		// address trimPod records (a listed pod had none, so a claim with
+		// a hook failed every listed pod as "no address" and deleted it).
+		if p := trimPod(&list.Items[i], s.upstreamPort); claimable(p, pool, hash) {
 			out = append(out, p)
 		}
 	}
@@ -228,8 +232,8 @@ func (t *takenHere) release(uid types.UID) {
 // if it has one, receives before the pod is bound; created is when the
 // slab's create was sent.
 //
-// After pre it tries the cached candidates until it lost maxCachedLosses
-// takes; then, or when none is left (the cache had none, or every one was
+// It tries cached candidates until it lost maxCachedLosses takes (pre
+// included); then, or when none is left (the cache had none, or every one was
 // lost to a conflict), it asks the API once for the pool's claimable pods
 // (freshCandidates) and
 // tries every one of those before going cold. Each of them it loses was

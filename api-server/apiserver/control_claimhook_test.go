@@ -330,3 +330,25 @@ func TestRouterRefusesTheClaimHookPath(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimHookOfAListedPod: a pool with a claim hook whose only Ready pod
+// the cache does not offer yet: the claim takes it from the API's list and
+// calls its hook at the pod's address, as for a cached pod. Before, a
+// listed pod had no address: its hook "failed" without a call, and the
+// healthy pod was deleted.
+func TestClaimHookOfAListedPod(t *testing.T) {
+	app := newHookApp(t)
+	e := newTestEnv(t, app.port())
+	e.addPool("rooms", &spawnerv1.ClaimHook{Path: "/hook", TimeoutSeconds: 1}, 1)
+	e.lagCache("rooms-0", func(p *corev1.Pod) { p.Status.Conditions[0].Status = corev1.ConditionFalse })
+	code, got, raw := e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || !*got.Warm {
+		t.Fatalf("spawn: %d %s, want a warm claim of the listed pod", code, raw)
+	}
+	if calls := app.recorded(); len(calls) != 1 {
+		t.Errorf("%d hook calls, want 1", len(calls))
+	}
+	if exists, backend := e.podState("rooms-0"); !exists || backend != got.Name {
+		t.Errorf("pod rooms-0: exists %v, backend %q, want claimed by %s", exists, backend, got.Name)
+	}
+}
