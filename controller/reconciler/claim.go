@@ -19,9 +19,14 @@ import (
 // ClaimTimeout is how long a slab may stay claiming (created from a pool by
 // an api-server, not bound to a pod yet) before the controller binds it
 // itself: to the warm pod the api-server took for it, if any, else to the
-// cold path. An api-server claims in milliseconds; only one that died or
-// stalled mid-claim leaves a slab claiming this long (docs/pools.md).
-const ClaimTimeout = 5 * time.Second
+// cold path. An api-server claims in milliseconds on a quiet cluster; only
+// one that died or stalled mid-claim leaves a slab claiming this long
+// (docs/pools.md). It was 5 s: in a burst of 100 claims against 100 warm
+// pods on the 2-core local cluster, where each API request took 0.3–2 s, a
+// live claim that took 6.7 s was closed cold, its taken pod freed, and its
+// cold start under that load made the burst's tail (24 s, all others warm
+// within 5 s; make bench-pool, 2026-12-01 20:19 UTC).
+const ClaimTimeout = 10 * time.Second
 
 // awaitingTake reports whether slab, a backend from a pool created bound to
 // a warm pod (the api-server's preBind: docs/pools.md), does not hold that

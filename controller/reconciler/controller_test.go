@@ -407,7 +407,9 @@ func TestClaimedPodStillThePoolsInTheCacheIsNotForeign(t *testing.T) {
 	if err := f.podIdx.Add(stale); err != nil {
 		t.Fatal(err)
 	}
-	f.clock.Step(lifecycle.ClaimRecordWait) // the claim never recorded it: the controller writes
+	// The claim never recorded it, and the cache never showed the take:
+	// past the claim timeout the controller asks the API and writes.
+	f.clock.Step(max(lifecycle.ClaimRecordWait, ClaimTimeout))
 	f.sync(slab)
 	if got := f.slab("b"); got.Status.Phase == lifecycle.Failed || !condIs(&got.Status, lifecycle.ConditionPodCreated, metav1.ConditionTrue, lifecycle.ReasonPodCreated) {
 		t.Errorf("status %+v, want the claimed pod adopted (PodCreated), not Failed", got.Status)
