@@ -40,9 +40,11 @@ import (
 // cluster, the replica whose cache lagged lost 70 takes (the other 6), each
 // a write of 0.5–1 s under that load, and its claims that passed
 // reconciler.ClaimTimeout were closed cold; it then tried up to 8 cached
-// pods before the list. With 2, a later burst still had one replica lose
-// 77 takes to the other's 17.
-const maxCachedLosses = 1
+// pods before the list. Each list costs the API server the whole pool's
+// free pods, serialised: with 1 (a list after the first lost take) a burst
+// answered at p50 1.9 s, p90 8.1 s; with 2, at p50 1.0 s, max 6.7 s (make
+// bench-pool, 2026-12-01 20:19 and 20:41 UTC).
+const maxCachedLosses = 2
 
 // fromPool makes slab (built from the request) a backend of pool: the
 // pool's spec, with the request's key and, when given, grace period and
