@@ -83,7 +83,12 @@ func killPod(t *testing.T, e *framework.Env, selector string, victim corev1.Pod)
 // backend still becomes Ready, still works, and is still swept on time.
 func TestLifecycleSurvivesComponentRestarts(t *testing.T) {
 	e := framework.Deployed(t)
-	const grace = 8
+	// The grace outlasts the kills after the client leaves (an api-server
+	// replica and the controller, each waited for until its replacement is
+	// Ready): with 8 s, a CI run's kills took ~9 s, the backend was swept
+	// and deleted before the wait for Swept began, and its status stream
+	// answered 404.
+	const grace = 20
 	backend := e.Spawn(t, framework.SpawnRequest{Image: framework.DemoImage, GracePeriodSeconds: framework.Seconds(grace), Env: map[string]string{"DEMO_LISTEN_DELAY_MS": "2000"}})
 	killOne(t, e, framework.PodsOf(framework.Controller))
 	e.WaitForState(t, backend.Name, "Ready", 120*time.Second)
