@@ -298,10 +298,12 @@ func (s *Server) claim(ctx context.Context, slab *spawnerv1.SessionLivedBackend,
 // was created bound to (preBind) reads the slab again before it calls the
 // claim warm: by then the controller may have closed the claim (it does
 // ClaimTimeout after the slab's creationTimestamp, which the API server
-// truncates to the second: 4 s at the earliest), binding it elsewhere. A
-// take that slow happens only under a burst or a stalled API server; the
-// read costs nothing to the others.
-const lateTake = 2 * time.Second
+// truncates to the second: 9 s at the earliest, after a GET of the pod that
+// a take finished before then shows taken). Half of ClaimTimeout leaves the
+// rest for clocks that differ between nodes. It was 2 s when ClaimTimeout
+// was 5 s; under a burst of 100 claims most takes return after 2 s, and each
+// re-read was one more GET to an API server seconds behind.
+const lateTake = reconciler.ClaimTimeout / 2
 
 // take tries to claim warm pod p for slab; done reports that the claim is
 // over (bound warm, or bound by the controller meanwhile), else the caller
@@ -332,7 +334,8 @@ func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 			int64(slab.Spec.GracePeriod().Seconds()), 10)},
 		"ownerReferences": []metav1.OwnerReference{*metav1.NewControllerRef(slab, spawnerv1.SchemeGroupVersion.WithKind("SessionLivedBackend"))},
 	}})
-	if _, err := s.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	took, err := s.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
 		if reserved {
 			s.taken.release(p.UID)
 		}
@@ -347,6 +350,7 @@ func (s *Server) take(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 		}
 		return bound, warm, true, err
 	}
+	s.recordPod(took)
 	if hook != nil {
 		*hookCalls++
 		if err := s.deliverSession(ctx, hook, p, session); err != nil {
@@ -434,6 +438,7 @@ func (s *Server) recordClaimed(ctx context.Context, bound *spawnerv1.SessionLive
 		}
 		written, err := client.UpdateStatus(ctx, next, metav1.UpdateOptions{})
 		if err == nil {
+			s.recordSlab(written)
 			return written
 		}
 		if !apierrors.IsConflict(err) || attempt == 4 {
@@ -479,11 +484,13 @@ func (s *Server) deliverSession(ctx context.Context, hook *spawnerv1.ClaimHook, 
 	label, _ := json.Marshal(map[string]any{"metadata": map[string]any{
 		"labels": map[string]string{spawnerv1.LabelBackend: session.Backend},
 	}})
-	if _, err := s.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, label, metav1.PatchOptions{}); err != nil {
+	labelled, err := s.kube.CoreV1().Pods(p.Namespace).Patch(ctx, p.Name, types.MergePatchType, label, metav1.PatchOptions{})
+	if err != nil {
 		// Gone: the controller closed the claim meanwhile (and deleted the
 		// pod, whose hook it could not know had succeeded).
 		return fmt.Errorf("labelling the pod after its claim hook: %w", err)
 	}
+	s.recordPod(labelled)
 	return nil
 }
 
@@ -525,6 +532,9 @@ func (s *Server) bind(ctx context.Context, slab *spawnerv1.SessionLivedBackend, 
 		}
 		patch, _ := json.Marshal(map[string]any{"metadata": md})
 		bound, err := client.Patch(ctx, slab.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+		if err == nil {
+			s.recordSlab(bound)
+		}
 		if err == nil || !apierrors.IsConflict(err) || attempt == 4 {
 			return bound, err
 		}
@@ -588,7 +598,7 @@ func (s *Server) awaitBind(ctx context.Context, slab *spawnerv1.SessionLivedBack
 	timeout := time.NewTimer(reconciler.ClaimTimeout + time.Second)
 	defer timeout.Stop()
 	for {
-		if cur, err := s.slabLister.Get(slab.Name); err == nil {
+		if cur, ok := s.cachedSlab(slab.Name); ok {
 			if s.claimOver(cur) {
 				return cur
 			}

@@ -822,3 +822,50 @@ func TestReadyURLWaitsBrieflyForTheClaimsEvents(t *testing.T) {
 		t.Errorf("ready URL: %d %s after %d GETs, want 302 after none", resp.StatusCode, body, gets.Load())
 	}
 }
+
+// TestReadyURLOfAClaimAnsweredHereReadsNoAPI: the ready URL of a warm claim
+// this replica just answered redirects from what its own writes returned
+// (ownWrites), although its caches have none of the claim's events yet, as
+// under a burst, when they lag by seconds. Before, it read the slab (once to
+// authenticate the request, once to find it) and the pod from the API: in a
+// burst of 100 claims on the local cluster, 393 slab GETs and 90 pod GETs
+// while every GET took ~0.4 s.
+func TestReadyURLOfAClaimAnsweredHereReadsNoAPI(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	e.events.hold()
+	resp := e.do("POST", "/spawn", `{"pool":"rooms"}`)
+	var got struct {
+		Name     string `json:"name"`
+		ReadyURL string `json:"readyUrl"`
+		Warm     *bool  `json:"warm"`
+	}
+	if body := readBody(t, resp); resp.StatusCode != http.StatusCreated || json.Unmarshal([]byte(body), &got) != nil || got.Warm == nil || !*got.Warm {
+		t.Fatalf("POST /spawn from a full pool: %d %s, want 201 warm", resp.StatusCode, body)
+	}
+	if _, err := e.s.slabLister.Get(got.Name); err == nil {
+		t.Fatal("the cache has the claimed slab: the test needs it lagging")
+	}
+	var reads atomic.Int64
+	count := func(a k8stesting.Action) (bool, runtime.Object, error) { reads.Add(1); return false, nil, nil }
+	for _, verb := range []string{"get", "list"} {
+		e.slabs.PrependReactor(verb, "*", count)
+		e.kube.PrependReactor(verb, "*", count)
+	}
+	req, _ := http.NewRequest("GET", got.ReadyURL, nil)
+	req.Header.Set("Accept", "application/json")
+	r, err := noRedirect.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readBody(t, r)
+	if r.StatusCode != http.StatusFound || reads.Load() != 0 {
+		t.Errorf("ready URL of a claim answered here, caches lagging: %d %s after %d API reads, want 302 after none", r.StatusCode, body, reads.Load())
+	}
+	// The router of this replica serves it once its claim recorded it
+	// Ready (recordClaimed), from that write's result too.
+	e.eventually(func() bool { slab, ok := e.s.cachedSlab(got.Name); return ok && lifecycle.Phase(slab) == lifecycle.Ready })
+	if slab, up := e.s.routable(got.Name); slab == nil || up.addr == "" {
+		t.Errorf("router of the claiming replica, caches lagging: slab %v, upstream %+v; want the claimed pod", slab != nil, up)
+	}
+}

@@ -103,6 +103,9 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	if pre != nil && !spawned {
 		s.taken.release(pre.UID) // not ours to claim
 	}
+	if spawned {
+		s.recordSlab(got)
+	}
 	if err != nil {
 		s.metrics.spawnErrors.Inc()
 		status, msg := http.StatusBadGateway, "creating the backend: "+err.Error()

@@ -276,7 +276,7 @@ func (s *Server) awaitClaim(ctx context.Context, slab *spawnerv1.SessionLivedBac
 		defer timeout.Stop()
 	wait:
 		for {
-			if cur, err := s.slabLister.Get(slab.Name); err == nil && cur.UID == slab.UID {
+			if cur, ok := s.cachedSlab(slab.Name); ok && cur.UID == slab.UID {
 				slab = cur
 			}
 			if s.claimOver(slab) {
@@ -319,8 +319,8 @@ func (s *Server) heldLive(ctx context.Context, slab *spawnerv1.SessionLivedBacke
 // read from the API (s.slab falls back to a GET for a backend the cache
 // does not have yet: reading it again would tell nothing new).
 func (s *Server) cached(slab *spawnerv1.SessionLivedBackend) bool {
-	c, err := s.slabLister.Get(slab.Name)
-	return err == nil && c == slab
+	c, ok := s.cachedSlab(slab.Name)
+	return ok && c == slab
 }
 
 // claimedState is a pool backend that this replica's cache has neither

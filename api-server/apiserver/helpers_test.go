@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -37,6 +39,9 @@ type testEnv struct {
 	slabs   *slabfake.Clientset
 	control *httptest.Server
 	router  *httptest.Server
+	// events holds the informers' watch events while closed: a cache that
+	// lags the API, as under a burst of claims.
+	events *eventGate
 }
 
 var nameSeq atomic.Int64
@@ -65,6 +70,22 @@ func newTestEnvConfig(t testing.TB, upstreamPort string, edit func(*Config)) *te
 		}
 		return false, nil, nil
 	})
+	events := &eventGate{}
+	gated := func(tracker k8stesting.ObjectTracker) k8stesting.WatchReactionFunc {
+		return func(a k8stesting.Action) (bool, watch.Interface, error) {
+			var opts metav1.ListOptions
+			if wa, ok := a.(k8stesting.WatchActionImpl); ok {
+				opts = wa.ListOptions
+			}
+			w, err := tracker.Watch(a.GetResource(), a.GetNamespace(), opts)
+			if err != nil {
+				return false, nil, err
+			}
+			return true, events.watch(w), nil
+		}
+	}
+	kube.PrependWatchReactor("*", gated(kube.Tracker()))
+	slabs.PrependWatchReactor("*", gated(slabs.Tracker()))
 	cfg := Config{
 		BackendNamespace: testNS, PublicURL: "http://public.example:8081",
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownTimeout: time.Second,
@@ -91,7 +112,8 @@ func newTestEnvConfig(t testing.TB, upstreamPort string, edit func(*Config)) *te
 	if !s.WaitForSync(ctx) {
 		t.Fatal("caches did not sync")
 	}
-	e := &testEnv{t: t, s: s, kube: kube, slabs: slabs}
+	e := &testEnv{t: t, s: s, kube: kube, slabs: slabs, events: events}
+	t.Cleanup(events.release)
 	e.control = httptest.NewServer(s.ControlHandler())
 	e.router = httptest.NewServer(s.RouterHandler())
 	t.Cleanup(e.control.Close)
@@ -201,3 +223,70 @@ func (e *testEnv) eventually(cond func() bool) {
 func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func splitHostPort(s string) (string, string, error) { return net.SplitHostPort(s) }
+
+// eventGate passes watch events on while open; hold closes it (the events
+// wait, in order) and release opens it again.
+type eventGate struct {
+	mu   sync.Mutex
+	held bool
+	open *sync.Cond
+}
+
+func (g *eventGate) hold() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.held = true
+}
+
+func (g *eventGate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.held = false
+	if g.open != nil {
+		g.open.Broadcast()
+	}
+}
+
+func (g *eventGate) wait() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.open == nil {
+		g.open = sync.NewCond(&g.mu)
+	}
+	for g.held {
+		g.open.Wait()
+	}
+}
+
+// watch is w with its events passed through the gate.
+func (g *eventGate) watch(w watch.Interface) watch.Interface {
+	gw := &gatedWatch{in: w, out: make(chan watch.Event), stop: make(chan struct{})}
+	go func() {
+		defer close(gw.out)
+		for ev := range w.ResultChan() {
+			g.wait()
+			select {
+			case gw.out <- ev:
+			case <-gw.stop:
+				return
+			}
+		}
+	}()
+	return gw
+}
+
+type gatedWatch struct {
+	in   watch.Interface
+	out  chan watch.Event
+	stop chan struct{}
+	once sync.Once
+}
+
+func (w *gatedWatch) Stop() {
+	w.once.Do(func() {
+		close(w.stop)
+		w.in.Stop()
+	})
+}
+
+func (w *gatedWatch) ResultChan() <-chan watch.Event { return w.out }

@@ -203,8 +203,8 @@ type upstream struct{ addr, proof string }
 // anyone, so an unknown name must cost no API request — and reports its slab
 // and, once it is Ready with a running pod, the sidecar's address.
 func (s *Server) routable(name string) (slab *spawnerv1.SessionLivedBackend, up upstream) {
-	slab, err := s.slabLister.Get(name)
-	if err != nil || lifecycle.Phase(slab) != lifecycle.Ready {
+	slab, ok := s.cachedSlab(name)
+	if !ok || lifecycle.Phase(slab) != lifecycle.Ready {
 		return slab, up
 	}
 	podName, bound := spawnerv1.PodNameOf(slab)

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	kubeinformers "k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -50,6 +51,9 @@ type Server struct {
 	upstreamPort string
 
 	watchers *watchers
+	// ownSlabs and ownPods are this replica's own write results over its
+	// caches (ownwrites.go): cachedSlab and pod read through them.
+	ownSlabs, ownPods *ownWrites
 	limits   *spawnLimits
 	metrics  *serverMetrics
 	proxy    *routerProxy
@@ -102,6 +106,8 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 		cfg: cfg, log: cfg.Logger, kube: kube, slabs: slabs,
 		routes:       routes,
 		watchers:     newWatchers(),
+		ownSlabs:     newOwnWrites(),
+		ownPods:      newOwnWrites(),
 		upstreamPort: sidecarPort,
 		shuttingDown: make(chan struct{}),
 	}
@@ -130,9 +136,9 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 	s.poolInf = s.slabFactory.Spawner().V1().BackendPools().Informer()
 	s.poolLister = s.slabFactory.Spawner().V1().BackendPools().Lister().BackendPools(ns)
 	s.slabInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.watchers.notify(obj) },
-		UpdateFunc: func(_, obj any) { s.watchers.notify(obj) },
-		DeleteFunc: func(obj any) { s.watchers.deleted(obj) },
+		AddFunc:    func(obj any) { s.ownSlabs.observe(obj); s.watchers.notify(obj) },
+		UpdateFunc: func(_, obj any) { s.ownSlabs.observe(obj); s.watchers.notify(obj) },
+		DeleteFunc: func(obj any) { s.ownSlabs.observeDelete(obj); s.watchers.deleted(obj) },
 	})
 
 	s.podFactory = kubeinformers.NewSharedInformerFactoryWithOptions(kube, 0, kubeinformers.WithNamespace(ns),
@@ -142,9 +148,9 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 	s.podInf = s.podFactory.Core().V1().Pods().Informer()
 	// The router waits for a starting backend's pod as well as its slab.
 	s.podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.watchers.notify(obj) },
-		UpdateFunc: func(_, obj any) { s.watchers.notify(obj) },
-		DeleteFunc: func(obj any) { s.watchers.notify(obj) },
+		AddFunc:    func(obj any) { s.ownPods.observe(obj); s.watchers.notify(obj) },
+		UpdateFunc: func(_, obj any) { s.ownPods.observe(obj); s.watchers.notify(obj) },
+		DeleteFunc: func(obj any) { s.ownPods.observeDelete(obj); s.watchers.notify(obj) },
 	})
 	// The router needs a pod's IP and whether it is alive: keep only that.
 	_ = s.podInf.SetTransform(func(obj any) (any, error) {
@@ -253,7 +259,7 @@ func (s *Server) Run(ctx context.Context) error {
 // the name, the control API asks the API server. (The public router, open to
 // anyone, never does: see routable.)
 func (s *Server) slab(name string) (*spawnerv1.SessionLivedBackend, bool) {
-	if slab, err := s.slabLister.Get(name); err == nil {
+	if slab, ok := s.cachedSlab(name); ok {
 		return slab, true
 	}
 	slab, err := s.slabs.SpawnerV1().SessionLivedBackends(s.cfg.BackendNamespace).Get(context.TODO(), name, metav1.GetOptions{})
@@ -263,14 +269,59 @@ func (s *Server) slab(name string) (*spawnerv1.SessionLivedBackend, bool) {
 	return slab, true
 }
 
-// pod returns a backend's pod from the cache.
+// cachedSlab returns a backend from the cache, or as this replica's own
+// last write of it returned it when that is newer (ownWrites).
+func (s *Server) cachedSlab(name string) (*spawnerv1.SessionLivedBackend, bool) {
+	var cached runtime.Object
+	c, err := s.slabLister.Get(name)
+	if err == nil {
+		cached = c
+	}
+	obj, ok := s.ownSlabs.get(s.cfg.BackendNamespace+"/"+name, cached, err == nil)
+	if !ok {
+		return nil, false
+	}
+	slab, ok := obj.(*spawnerv1.SessionLivedBackend)
+	return slab, ok
+}
+
+// pod returns a backend's pod from the cache, or as this replica's own last
+// write of it returned it when that is newer (ownWrites: a warm pod it
+// took).
 func (s *Server) pod(name string) (*corev1.Pod, bool) {
-	obj, ok, err := s.podInf.GetIndexer().GetByKey(s.cfg.BackendNamespace + "/" + name)
-	if err != nil || !ok {
+	key := s.cfg.BackendNamespace + "/" + name
+	var cached runtime.Object
+	c, found, err := s.podInf.GetIndexer().GetByKey(key)
+	if err == nil && found {
+		if p, ok := c.(*corev1.Pod); ok {
+			cached = p
+		}
+	}
+	obj, ok := s.ownPods.get(key, cached, cached != nil)
+	if !ok {
 		return nil, false
 	}
 	p, ok := obj.(*corev1.Pod)
 	return p, ok
+}
+
+// recordSlab lays a slab this replica wrote over its cache (ownSlabs),
+// trimmed as the cache keeps slabs.
+func (s *Server) recordSlab(slab *spawnerv1.SessionLivedBackend) {
+	if slab == nil {
+		return
+	}
+	c := slab.DeepCopy()
+	c.ManagedFields = nil
+	s.ownSlabs.record(c)
+}
+
+// recordPod lays a pod this replica wrote over its cache (ownPods), trimmed
+// as the cache keeps pods.
+func (s *Server) recordPod(p *corev1.Pod) {
+	if p != nil {
+		s.ownPods.record(trimPod(p, s.upstreamPort))
+	}
 }
 
 // cachedOrLivePod is warm pod name from the cache if slab holds it there,
