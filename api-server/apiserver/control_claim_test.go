@@ -864,7 +864,10 @@ func TestReadyURLOfAClaimAnsweredHereReadsNoAPI(t *testing.T) {
 	}
 	// The router of this replica serves it once its claim recorded it
 	// Ready (recordClaimed), from that write's result too.
-	e.eventually(func() bool { slab, ok := e.s.cachedSlab(got.Name); return ok && lifecycle.Phase(slab) == lifecycle.Ready })
+	e.eventually(func() bool {
+		slab, ok := e.s.cachedSlab(got.Name)
+		return ok && lifecycle.Phase(slab) == lifecycle.Ready
+	})
 	if slab, up := e.s.routable(got.Name); slab == nil || up.addr == "" {
 		t.Errorf("router of the claiming replica, caches lagging: slab %v, upstream %+v; want the claimed pod", slab != nil, up)
 	}

@@ -54,11 +54,11 @@ type Server struct {
 	// ownSlabs and ownPods are this replica's own write results over its
 	// caches (ownwrites.go): cachedSlab and pod read through them.
 	ownSlabs, ownPods *ownWrites
-	limits   *spawnLimits
-	metrics  *serverMetrics
-	proxy    *routerProxy
-	psa      *podSecurity // nil with --check-pod-security=false
-	taken    takenHere    // warm pods this replica's claims took a moment ago
+	limits            *spawnLimits
+	metrics           *serverMetrics
+	proxy             *routerProxy
+	psa               *podSecurity // nil with --check-pod-security=false
+	taken             takenHere    // warm pods this replica's claims took a moment ago
 
 	shuttingDown chan struct{}
 	shutdownOnce sync.Once
