@@ -872,3 +872,41 @@ func TestReadyURLOfAClaimAnsweredHereReadsNoAPI(t *testing.T) {
 		t.Errorf("router of the claiming replica, caches lagging: slab %v, upstream %+v; want the claimed pod", slab != nil, up)
 	}
 }
+
+// TestReadyURLOfAnotherReplicasClaimReadsTheAPIOnce: a replica whose caches
+// have none of another replica's claim yet reads the slab and its pod from
+// the API once, however often the client asks and although each request
+// looks its backend up twice (to authenticate it, then to answer it): what
+// the API said is laid over the caches (ownWrites). Before, each request
+// read the slab twice and the pod once.
+func TestReadyURLOfAnotherReplicasClaimReadsTheAPIOnce(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	e.events.hold()
+	salt := newSalt()
+	tok := e.s.creds.access.token(salt)
+	slab := &spawnerv1.SessionLivedBackend{
+		ObjectMeta: metav1.ObjectMeta{Name: "b-elsewhere", Namespace: testNS, UID: "uid-b-elsewhere", CreationTimestamp: metav1.Now(),
+			Labels: map[string]string{},
+			Annotations: map[string]string{spawnerv1.AnnotationPool: "rooms", spawnerv1.AnnotationPod: "rooms-0",
+				spawnerv1.AnnotationAccessTokenSalt: salt, spawnerv1.AnnotationAccessTokenHash: hashToken(tok)}},
+		Spec: e.pool("rooms").BackendSpec(),
+	}
+	created, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Create(context.Background(), slab, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.takePod("rooms-0", created)
+	var slabGets, podGets atomic.Int64
+	e.slabs.PrependReactor("get", "sessionlivedbackends", func(k8stesting.Action) (bool, runtime.Object, error) { slabGets.Add(1); return false, nil, nil })
+	e.kube.PrependReactor("get", "pods", func(k8stesting.Action) (bool, runtime.Object, error) { podGets.Add(1); return false, nil, nil })
+	for i := range 3 {
+		resp := e.do("GET", "/backend/"+created.Name+"/ready?"+tokenParam+"="+url.QueryEscape(tok), "")
+		if body := readBody(t, resp); resp.StatusCode != http.StatusFound {
+			t.Fatalf("ready URL, request %d: %d %s, want 302", i+1, resp.StatusCode, body)
+		}
+	}
+	if slabGets.Load() != 1 || podGets.Load() != 1 {
+		t.Errorf("3 ready requests, caches lagging: %d slab GETs and %d pod GETs, want 1 and 1", slabGets.Load(), podGets.Load())
+	}
+}

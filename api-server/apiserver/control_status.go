@@ -338,5 +338,6 @@ func (s *Server) claimedState(ctx context.Context, slab *spawnerv1.SessionLivedB
 	if err != nil || cur.UID != slab.UID {
 		return slab
 	}
+	s.recordSlab(cur)
 	return cur
 }

@@ -266,6 +266,10 @@ func (s *Server) slab(name string) (*spawnerv1.SessionLivedBackend, bool) {
 	if err != nil {
 		return nil, false
 	}
+	// What the API said is newer than the cache: the next lookup (a ready
+	// URL reads its backend to authenticate the request, then to answer
+	// it; a client polls) reads it here, not from the API again.
+	s.recordSlab(slab)
 	return slab, true
 }
 
@@ -330,7 +334,12 @@ func (s *Server) cachedOrLivePod(ctx context.Context, slab *spawnerv1.SessionLiv
 	if p, ok := s.pod(name); ok && spawnerv1.HoldsPod(slab, p) {
 		return p, nil
 	}
-	return s.kube.CoreV1().Pods(slab.Namespace).Get(ctx, name, metav1.GetOptions{})
+	p, err := s.kube.CoreV1().Pods(slab.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	s.recordPod(p)
+	return p, nil
 }
 
 // slabsForKey returns the cached backends of a key.
