@@ -50,6 +50,12 @@ type Config struct {
 	SpawnRatePerToken   float64
 	SpawnBurstPerToken  int
 
+	// PeerService is namespace/name of the Service whose ready endpoints are
+	// this api-server's replicas: their claims split the warm pods between
+	// them (peers.go). Empty: no split. PodName is this replica's pod.
+	PeerService string
+	PodName     string
+
 	Kube kubeclient.Options
 	Log  logs.Options
 
@@ -80,6 +86,8 @@ func (c *Config) AddFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxBackendsPerToken, "max-backends-per-token", 500, "live backends one control token may have; a spawn beyond it answers 429 (0: no cap)")
 	fs.Float64Var(&c.SpawnRatePerToken, "spawn-rate-per-token", 20, "sustained POST /spawn requests per second per control token and replica; beyond it 429 with Retry-After (0: no limit)")
 	fs.IntVar(&c.SpawnBurstPerToken, "spawn-burst-per-token", 200, "POST /spawn requests a control token may send at once before --spawn-rate-per-token applies")
+	fs.StringVar(&c.PeerService, "peer-service", "", "namespace/name of the Service whose ready endpoints are this api-server's replicas: concurrent claims of different replicas then try different warm pods first (needs get/list/watch of endpointslices in that namespace; empty: no split)")
+	fs.StringVar(&c.PodName, "pod-name", defaultPodName(), "this replica's pod name, as the --peer-service endpoints name it (default: $POD_NAME, else the hostname)")
 	c.Kube.AddFlags(fs)
 	c.Log.AddFlags(fs)
 }

@@ -116,7 +116,8 @@ func claimable(p *corev1.Pod, pool *spawnerv1.BackendPool, hash string) bool {
 
 // warmCandidates are the pool's pods a claim may take, from the cache
 // (claimable). They come shuffled, so concurrent spawns mostly try
-// different pods.
+// different pods, and those this replica owns first (peers), so concurrent
+// spawns of different replicas do too.
 func (s *Server) warmCandidates(pool *spawnerv1.BackendPool, hash string) []*corev1.Pod {
 	var out []*corev1.Pod
 	for _, obj := range s.podInf.GetStore().List() {
@@ -125,7 +126,7 @@ func (s *Server) warmCandidates(pool *spawnerv1.BackendPool, hash string) []*cor
 		}
 	}
 	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	return out
+	return s.peers.mineFirst(out)
 }
 
 // preBind names, in a pool backend about to be created, the warm pod its
@@ -179,7 +180,7 @@ func (s *Server) freshCandidates(ctx context.Context, pool *spawnerv1.BackendPoo
 		}
 	}
 	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	return out, nil
+	return s.peers.mineFirst(out), nil
 }
 
 // takenHere is the warm pods this replica's claims are taking or took a

@@ -59,6 +59,7 @@ type Server struct {
 	proxy             *routerProxy
 	psa               *podSecurity // nil with --check-pod-security=false
 	taken             takenHere    // warm pods this replica's claims took a moment ago
+	peers             *peers       // the other replicas, to split warm pods with
 
 	shuttingDown chan struct{}
 	shutdownOnce sync.Once
@@ -163,6 +164,9 @@ func New(cfg Config, kube kubernetes.Interface, slabs versioned.Interface) (*Ser
 	if cfg.MaxBackendsPerToken < 0 || cfg.SpawnRatePerToken < 0 || cfg.SpawnBurstPerToken < 0 {
 		return nil, errors.New("--max-backends-per-token, --spawn-rate-per-token and --spawn-burst-per-token must not be negative")
 	}
+	if s.peers, err = newPeers(kube, cfg.PeerService, cfg.PodName); err != nil {
+		return nil, err
+	}
 	s.limits = newSpawnLimits(cfg.SpawnRatePerToken, cfg.SpawnBurstPerToken, cfg.MaxBackendsPerToken, s.slabInf)
 	s.metrics = newServerMetrics(s)
 	s.proxy = newRouterProxy(s)
@@ -185,6 +189,9 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.psa != nil {
 		s.psa.factory.Start(ctx.Done())
 	}
+	// Not waited for: until it syncs (or without the RBAC to), claims
+	// pick at random, as with one replica.
+	s.peers.start(ctx.Done())
 	return nil
 }
 
