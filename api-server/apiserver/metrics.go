@@ -86,6 +86,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 		return 0
 	})
 	r.NewGaugeFunc("spawner_api_backends_cached", "Backends in the cache.", func() float64 { return float64(len(s.slabInf.GetStore().ListKeys())) })
+	r.NewGaugeFunc("spawner_api_peer_replicas", "Replicas this one splits the warm pods with, itself included (the ready endpoints of --peer-service); 0: no split (no --peer-service, not synced, or this replica is not a ready endpoint).", func() float64 { return float64(len(s.peers.replicas())) })
 	return m
 }
 

@@ -3,6 +3,7 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -72,6 +73,10 @@ func TestReplicasTryDifferentWarmPodsFirst(t *testing.T) {
 			}
 		}
 		return owned
+	}
+	resp := a.do("GET", "/metrics", "")
+	if body := readBody(t, resp); !strings.Contains(body, "\nspawner_api_peer_replicas 2\n") {
+		t.Errorf("metrics of a replica of two: no spawner_api_peer_replicas 2 in\n%s", body)
 	}
 	ma, mb := mine(a), mine(b)
 	if len(ma)+len(mb) != 100 || len(ma) < 30 || len(mb) < 30 {
