@@ -13,12 +13,15 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
 
 	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
@@ -697,4 +700,70 @@ func TestSweeperLeavesAClaimsReadyToTheClaim(t *testing.T) {
 			t.Errorf("the sweeper recorded Ready %v after the slab's creation, before lifecycle.ClaimRecordWait (%v)", at, 5*time.Second)
 		}
 	}
+}
+
+// TestAWarmClaimsSlabIsReadOnceWhenItsRecordIsDue: the sweeper follows a
+// claimed warm pod (named apart from its slab) from the take. The api-server
+// that claimed records the claim's Ready; the sweeper reads the slab only
+// when that record is due (half the grace period here, under
+// lifecycle.ClaimRecordWait), once, and still sweeps a full grace period
+// after it first saw the app ready, to the 100 ms. Before, it read the slab
+// at once, found the record on its way and read it again every RetryDelay:
+// ~250 requests to the API server during a burst of 100 claims.
+func TestAWarmClaimsSlabIsReadOnceWhenItsRecordIsDue(t *testing.T) {
+	h := newHarness(t, Event{Ready: true})
+	var gets atomic.Int32
+	h.client.PrependReactor("get", "sessionlivedbackends", func(k8stesting.Action) (bool, runtime.Object, error) {
+		gets.Add(1)
+		return false, nil, nil
+	})
+	// The claim, 300 ms into the second its readyTime keeps.
+	slab := h.slab()
+	lifecycle.RecordClaimed(&slab.Status, "claimed warm pod rooms-x1", slab.Generation)
+	rt := metav1.NewTime(h.t0)
+	slab.Status.ReadyTime = &rt
+	if _, err := h.client.SpawnerV1().SessionLivedBackends("ns").UpdateStatus(context.Background(), slab, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(300 * time.Millisecond)
+	claimed := h.clock.Now()
+	gets.Store(0)
+
+	p := testPod(h.sidecar.port())
+	p.Name, p.UID = "rooms-x1", "u-warm"
+	p.Labels[spawnerv1.LabelPool] = "rooms"
+	h.s.syncPod(p)
+	h.s.mu.Lock()
+	b := h.s.backends["ns/rooms-x1"]
+	h.s.mu.Unlock()
+	if b == nil {
+		t.Fatal("claimed warm pod not followed")
+	}
+	h.waitFor("the app ready and a timer armed", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.live && b.last.Ready && h.clock.pending() == 1
+	})
+	if n := gets.Load(); n != 0 {
+		t.Fatalf("the sweeper read the slab %d time(s) at the take, want none before the claim's record is due", n)
+	}
+	h.clock.Advance(testGrace/2 - 100*time.Millisecond)
+	if n := gets.Load(); n != 0 {
+		t.Fatalf("the sweeper read the slab %d time(s) before the claim's record was due", n)
+	}
+	h.clock.Advance(100 * time.Millisecond)
+	h.waitFor("Ready taken from the claim", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.readyDone && h.clock.pending() == 1
+	})
+	if n := gets.Load(); n != 1 {
+		t.Errorf("the sweeper read the slab %d times, want once", n)
+	}
+	h.clock.Advance(claimed.Add(testGrace - 100*time.Millisecond).Sub(h.clock.Now()))
+	if p := h.phase(); p != lifecycle.Ready {
+		t.Fatalf("swept 100 ms before its grace period after the claim ended: %s", p)
+	}
+	h.clock.Advance(200 * time.Millisecond)
+	h.waitFor("the sweep", func() bool { return h.phase() == lifecycle.Swept })
 }
