@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
@@ -636,14 +637,14 @@ func TestConcurrentClaimsInOneReplicaTryDifferentPods(t *testing.T) {
 func TestTakenHereIsAHintThatExpires(t *testing.T) {
 	var th takenHere
 	now := time.Now()
-	if !th.reserve("a", now) || th.reserve("a", now.Add(time.Second)) {
+	if !th.reserve("a", "rooms", now) || th.reserve("a", "rooms", now.Add(time.Second)) {
 		t.Fatal("a pod being taken here was offered twice")
 	}
 	th.release("a")
-	if !th.reserve("a", now.Add(time.Second)) {
+	if !th.reserve("a", "rooms", now.Add(time.Second)) {
 		t.Fatal("a pod whose take was lost here is not offered again")
 	}
-	if !th.reserve("a", now.Add(time.Second+takenHereFor)) {
+	if !th.reserve("a", "rooms", now.Add(time.Second+takenHereFor)) {
 		t.Fatalf("a pod taken here is still skipped after %v", takenHereFor)
 	}
 }
@@ -908,5 +909,151 @@ func TestReadyURLOfAnotherReplicasClaimReadsTheAPIOnce(t *testing.T) {
 	}
 	if slabGets.Load() != 1 || podGets.Load() != 1 {
 		t.Errorf("3 ready requests, caches lagging: %d slab GETs and %d pod GETs, want 1 and 1", slabGets.Load(), podGets.Load())
+	}
+}
+
+// recordRequests records the fake API's requests (verb and resource, with
+// the subresource) from now on.
+func (e *testEnv) recordRequests() func() []string {
+	var mu sync.Mutex
+	var got []string
+	record := func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if v := a.GetVerb(); v != "watch" {
+			r := v + " " + a.GetResource().Resource
+			if a.GetSubresource() != "" {
+				r += "/" + a.GetSubresource()
+			}
+			mu.Lock()
+			got = append(got, r)
+			mu.Unlock()
+		}
+		return false, nil, nil
+	}
+	e.slabs.PrependReactor("*", "*", record)
+	e.kube.PrependReactor("*", "*", record)
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
+}
+
+// TestAClaimThePoolHasNoPodForIsCreatedCold: a spawn whose pool has no free
+// pod, in the cache or in the API, asks the API once and creates its
+// backend bound cold: a list and one write before the answer, keyed or
+// not. Before, it created the backend unbound, listed the pool and bound it
+// cold with a second write.
+func TestAClaimThePoolHasNoPodForIsCreatedCold(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 0)
+	requests := e.recordRequests()
+	for _, body := range []string{`{"pool":"rooms"}`, `{"pool":"rooms","key":"doc-7"}`} {
+		before := len(requests())
+		code, got, raw := e.spawnPool(body)
+		if code != 201 || got.Warm == nil || *got.Warm {
+			t.Fatalf("%s: %d %s, want 201 cold", body, code, raw)
+		}
+		var writes []string
+		for _, r := range requests()[before:] {
+			if !strings.HasPrefix(r, "get ") && !strings.HasPrefix(r, "list sessionlivedbackends") {
+				writes = append(writes, r)
+			}
+		}
+		if want := []string{"list pods", "create sessionlivedbackends"}; !slices.Equal(writes, want) {
+			t.Errorf("%s: requests %q, want %q", body, writes, want)
+		}
+		slab, err := e.slabs.SpawnerV1().SessionLivedBackends(testNS).Get(context.Background(), got.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pod, bound := spawnerv1.PodNameOf(slab); !bound || pod != slab.Name || slab.Annotations[spawnerv1.AnnotationPool] != "rooms" {
+			t.Errorf("%s: backend %s bound to %q (%v), want bound cold to its own name", body, slab.Name, pod, bound)
+		}
+		if body == `{"pool":"rooms"}` && (!strings.HasPrefix(slab.Name, slabNamePrefix) || len(slab.Name) != len(slabNamePrefix)+5) {
+			t.Errorf("unkeyed backend named %q, want %s and five characters", slab.Name, slabNamePrefix)
+		}
+	}
+	if v := e.s.metrics.claimCold.Value(); v != 2 {
+		t.Errorf("%v cold claims counted, want 2", v)
+	}
+}
+
+// TestAClaimWithoutAFreePodWaitsForTheTakesInFlight: a spawn that finds
+// every cached pod of its pool being taken by another claim of this replica
+// (reserved in takenHere) waits for that take to come back before it asks
+// the API; the pod is then taken, and the spawn goes cold without trying
+// it. Before, it listed the pool at once, found the pod still free and
+// tried to take it too: under a burst of 100 claims against a pool of 20,
+// ~255 lost takes and 80 lists that the first 20 claims waited behind.
+func TestAClaimWithoutAFreePodWaitsForTheTakesInFlight(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	other, _ := e.addClaiming("b-other", "rooms", "rooms-0")
+	if !e.s.taken.reserve("uid-rooms-0", "rooms", time.Now()) { // the other claim's take, in flight
+		t.Fatal("rooms-0 already reserved")
+	}
+	requests := e.recordRequests()
+	answer := make(chan spawnAnswer, 1)
+	go func() { _, a, _ := e.spawnPool(`{"pool":"rooms"}`); answer <- a }()
+	time.Sleep(300 * time.Millisecond)
+	sent := requests()
+	e.takePod("rooms-0", other) // the other claim's take comes back won
+	e.s.taken.settle("uid-rooms-0")
+	a := <-answer
+	if len(sent) != 0 {
+		t.Errorf("the spawn sent %q while another claim's take was in flight, want nothing", sent)
+	}
+	if a.Warm == nil || *a.Warm {
+		t.Errorf("answer %+v, want cold: the pool's one pod went to the other claim", a)
+	}
+	var takes, lists int
+	for _, r := range requests() {
+		switch r {
+		case "patch pods":
+			takes++
+		case "list pods":
+			lists++
+		}
+	}
+	if takes != 1 || lists != 1 { // the one take is takePod's
+		t.Errorf("%d takes of the spawn and %d lists, want none and 1", takes-1, lists)
+	}
+}
+
+// TestClaimsWithoutAFreePodShareOneList: claims of one replica that find
+// no free pod in the cache at the same time send one list of the pool
+// between them, not one each; each then takes a different listed pod.
+func TestClaimsWithoutAFreePodShareOneList(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 5)
+	for i := 0; i < 5; i++ { // Ready in the API, not yet in the cache
+		e.lagCache(fmt.Sprintf("rooms-%d", i), func(p *corev1.Pod) { p.Status.Conditions[0].Status = corev1.ConditionFalse })
+	}
+	var lists atomic.Int64
+	listing := make(chan struct{})
+	e.kube.PrependReactor("list", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if lists.Add(1) == 1 {
+			<-listing // slow, so that the other claims come while it runs
+		}
+		return false, nil, nil
+	})
+	const n = 5
+	answers := make(chan spawnAnswer, n)
+	for i := 0; i < n; i++ {
+		go func() { _, a, _ := e.spawnPool(`{"pool":"rooms"}`); answers <- a }()
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(listing)
+	warm := 0
+	for i := 0; i < n; i++ {
+		if a := <-answers; a.Warm != nil && *a.Warm {
+			warm++
+		}
+	}
+	if l := lists.Load(); l != 1 || warm != n {
+		t.Errorf("%d lists and %d warm claims for %d claims against %d pods the cache lacks, want 1 and %d", l, warm, n, n, n)
+	}
+	if v := e.s.metrics.claimFromList.Value(); v != n {
+		t.Errorf("%v claims counted as from the list, want %d", v, n)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -76,7 +77,8 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	}
 	// The cap applies to new backends only: asking again for a key that has
 	// a live backend hands that one out.
-	if req.Key == "" || oldestLive(s.slabsForKey(req.Key)) == nil {
+	keyLive := req.Key != "" && oldestLive(s.slabsForKey(req.Key)) != nil
+	if !keyLive {
 		if le := s.limits.admit(tid); le != nil {
 			s.log.Info("spawn refused: live-backend cap", "tokenID", tid)
 			le.write(w)
@@ -88,17 +90,23 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 		spawned bool
 		err     error
 		pre     *corev1.Pod
+		pick    warmPick
 	)
 	if pool != nil {
-		pre = s.preBind(slab, pool, pool.TemplateHash())
+		pick = s.pickWarm(r.Context(), slab, pool, pool.TemplateHash(), keyLive)
+		pre = pick.pod
 	}
 	created := time.Now()
-	if req.Key == "" {
+	switch {
+	case req.Key != "":
+		got, spawned, err = s.getOrCreate(r.Context(), req.Key, slab, pick.cold)
+	case pick.cold:
+		got, err = s.createNamed(r.Context(), slab)
+		spawned = err == nil
+	default:
 		slab.GenerateName = slabNamePrefix
 		got, err = s.slabs.SpawnerV1().SessionLivedBackends(s.cfg.BackendNamespace).Create(r.Context(), slab, metav1.CreateOptions{})
 		spawned = err == nil
-	} else {
-		got, spawned, err = s.getOrCreate(r.Context(), req.Key, slab)
 	}
 	if pre != nil && !spawned {
 		s.taken.release(pre.UID) // not ours to claim
@@ -122,13 +130,23 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	var warm *bool
 	if pool != nil {
 		warmNow := isWarm(got) && s.claimOver(got) // a slab created bound to a pod is warm once it holds it
-		if spawned {
+		if spawned && pick.cold {
+			// Created bound cold: the pool had no free pod (pickWarm).
+			warmNow = false
+			s.metrics.claimDuration.Observe(time.Since(created).Seconds())
+			s.metrics.claimCold.Inc()
+		} else if spawned {
 			// Ours to claim: bind it to a warm pod or to the cold path. A
 			// claim that fails half-way leaves the slab claiming; the
 			// controller binds it within its claim timeout, so the answer
 			// still names a backend that will start.
 			session := ClaimSession{Backend: got.Name, Key: req.Key, Env: req.Env, Labels: req.Labels}
 			bound, ok, err := s.claim(r.Context(), got, pool, pool.TemplateHash(), session, pre, created)
+			if err == nil && ok && pick.listed {
+				if name, _ := spawnerv1.PodNameOf(bound); name == pre.Name {
+					s.metrics.claimFromList.Inc()
+				}
+			}
 			if err != nil {
 				s.log.Error("claim failed; the controller will bind the backend", "name", got.Name, "pool", pool.Name, "err", err)
 			} else {
@@ -209,7 +227,9 @@ func oldestLive(slabs []*spawnerv1.SessionLivedBackend) *spawnerv1.SessionLivedB
 // deterministic names k-<hash>-<generation>, so concurrent creators of the
 // same generation (in any replica) collide on AlreadyExists and all but one
 // adopt the winner's backend. A generation whose backend ended is skipped.
-func (s *Server) getOrCreate(ctx context.Context, key string, slab *spawnerv1.SessionLivedBackend) (*spawnerv1.SessionLivedBackend, bool, error) {
+// cold: the slab is created bound cold (its pod annotation is its own
+// name: pickWarm found no free pod in its pool).
+func (s *Server) getOrCreate(ctx context.Context, key string, slab *spawnerv1.SessionLivedBackend, cold bool) (*spawnerv1.SessionLivedBackend, bool, error) {
 	cached := s.slabsForKey(key)
 	if l := oldestLive(cached); l != nil {
 		return l, false, nil
@@ -237,6 +257,9 @@ func (s *Server) getOrCreate(ctx context.Context, key string, slab *spawnerv1.Se
 	for attempts := 0; attempts < 64; attempts++ {
 		obj := slab.DeepCopy()
 		obj.Name = keyedName(key, gen)
+		if cold {
+			bindCold(obj)
+		}
 		created, err := client.Create(ctx, obj, metav1.CreateOptions{})
 		if err == nil {
 			return created, true, nil
@@ -256,4 +279,40 @@ func (s *Server) getOrCreate(ctx context.Context, key string, slab *spawnerv1.Se
 		gen++ // that generation ended (or a hash collision took the name)
 	}
 	return nil, false, fmt.Errorf("no free backend name for key %q after 64 attempts", key)
+}
+
+// bindCold binds a pool backend about to be created to the cold path: its
+// pod is named after it, as any cold backend's (spawnerv1.PodNameOf), and
+// no warm pod's node label stays.
+func bindCold(slab *spawnerv1.SessionLivedBackend) {
+	slab.Annotations[spawnerv1.AnnotationPod] = slab.Name
+	delete(slab.Labels, spawnerv1.LabelNode)
+}
+
+// createNamed creates an unkeyed pool backend bound cold: its name must be
+// known before the create (bindCold), so it draws it here as the API
+// server's generateName would (slabNamePrefix and five random characters),
+// and draws again when the name is taken.
+func (s *Server) createNamed(ctx context.Context, slab *spawnerv1.SessionLivedBackend) (*spawnerv1.SessionLivedBackend, error) {
+	client := s.slabs.SpawnerV1().SessionLivedBackends(s.cfg.BackendNamespace)
+	for attempt := 0; ; attempt++ {
+		obj := slab.DeepCopy()
+		obj.Name = slabNamePrefix + randomSuffix(5)
+		bindCold(obj)
+		created, err := client.Create(ctx, obj, metav1.CreateOptions{})
+		if err == nil || !apierrors.IsAlreadyExists(err) || attempt == 7 {
+			return created, err
+		}
+	}
+}
+
+// randomSuffix is n characters of the alphabet the API server's
+// generateName draws from (no vowels, no look-alikes).
+func randomSuffix(n int) string {
+	const alphabet = "bcdfghjklmnpqrstvwxz2456789"
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = alphabet[rand.IntN(len(alphabet))]
+	}
+	return string(b)
 }

@@ -30,6 +30,7 @@ type serverMetrics struct {
 	claimWarm, claimCold *metrics.Counter
 	claimConflicts       *metrics.Counter
 	claimFromList        *metrics.Counter
+	claimLists           *metrics.Counter
 	claimHookFailures    *metrics.Counter
 	claimDuration        *metrics.Histogram
 }
@@ -70,6 +71,7 @@ func newServerMetrics(s *Server) *serverMetrics {
 	m.claimWarm = claims.WithLabelValues("warm")
 	m.claimCold = claims.WithLabelValues("cold")
 	m.claimConflicts = r.NewCounter("spawner_api_pool_claim_conflicts_total", "Warm pods a claim lost to another spawn (or that changed under it) before it took one.")
+	m.claimLists = r.NewCounter("spawner_api_pool_claim_lists_total", "Lists of a pool's free pods from the API, sent for claims the cache had no free pod for (claims waiting at once share one).")
 	m.claimFromList = r.NewCounter("spawner_api_pool_claims_from_list_total", "Warm claims of a pod the api-server's cache did not offer (not Ready there yet, or a version that changed since): found by listing the pool's pods from the API.")
 	m.claimHookFailures = r.NewCounter("spawner_api_pool_claim_hook_failures_total", "Claim hook calls that failed (non-2xx, no connection, timeout); each one's warm pod was deleted, never handed out.")
 	m.claimDuration = r.NewHistogram("spawner_api_pool_claim_duration_seconds", "Time from a pool spawn's create request to its claim complete (warm or cold).", nil)

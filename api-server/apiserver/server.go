@@ -59,6 +59,7 @@ type Server struct {
 	proxy             *routerProxy
 	psa               *podSecurity // nil with --check-pod-security=false
 	taken             takenHere    // warm pods this replica's claims took a moment ago
+	lists             poolLists    // lists of pools' free pods shared by concurrent claims
 	peers             *peers       // the other replicas, to split warm pods with
 
 	shuttingDown chan struct{}
