@@ -242,9 +242,9 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 // replica's caches have it: it is bound to a pool's warm pod and holds it
 // (the pod was Ready when taken and its claim hook, if any, took the
 // session: a slab holds its pod only then). Such a backend is Ready at its
-// take: the ready URL redirects it although its status may say Ready only a
-// write later (recordClaimed runs after the spawn answered), and the router
-// waits for that write, milliseconds, like for any starting backend.
+// take: the ready URL redirects it, and the router routes it (routable),
+// although its status may say Ready only a write later (recordClaimedAfter
+// runs after the spawn answered, once no other claim is in flight here).
 func (s *Server) claimDone(slab *spawnerv1.SessionLivedBackend) bool {
 	return slab.Annotations[spawnerv1.AnnotationPool] != "" && isWarm(slab) && s.claimOver(slab)
 }
