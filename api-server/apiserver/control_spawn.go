@@ -58,6 +58,8 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	slab.Labels[spawnerv1.LabelTokenID] = tid
 	var pool *spawnerv1.BackendPool
 	if req.Pool != "" {
+		s.claims.start() // until answered: the claims' Ready records wait for it
+		defer s.claims.end()
 		p, err := s.poolLister.Get(req.Pool)
 		if err != nil {
 			s.metrics.spawnInvalid.Inc()
@@ -157,7 +159,7 @@ func (s *Server) handleSpawn(w http.ResponseWriter, r *http.Request) {
 					// Its status says Ready a write later; the answer
 					// and the ready URL (claimDone) need not wait.
 					pod, _ := spawnerv1.PodNameOf(got)
-					s.recordClaimedAfter(r.Context(), got, pool, pod)
+					s.recordClaimedAfter(r.Context(), got, pool, pod, created)
 				} else {
 					s.metrics.claimCold.Inc()
 				}

@@ -57,10 +57,11 @@ type Server struct {
 	limits            *spawnLimits
 	metrics           *serverMetrics
 	proxy             *routerProxy
-	psa               *podSecurity // nil with --check-pod-security=false
-	taken             takenHere    // warm pods this replica's claims took a moment ago
-	lists             poolLists    // lists of pools' free pods shared by concurrent claims
-	peers             *peers       // the other replicas, to split warm pods with
+	psa               *podSecurity   // nil with --check-pod-security=false
+	taken             takenHere      // warm pods this replica's claims took a moment ago
+	lists             poolLists      // lists of pools' free pods shared by concurrent claims
+	claims            claimsInFlight // pool spawns not answered yet
+	peers             *peers         // the other replicas, to split warm pods with
 
 	shuttingDown chan struct{}
 	shutdownOnce sync.Once

@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"spawner.dev/apis/lifecycle"
 	spawnerv1 "spawner.dev/apis/spawner/v1"
 	"spawner.dev/common/workloop"
 	"spawner.dev/generated/clientset/versioned"
@@ -51,6 +52,10 @@ type Options struct {
 	Pools        spawnerlisters.BackendPoolLister
 	PodInformer  cache.SharedIndexInformer
 	Pods         corelisters.PodLister
+	// SlabInformer and Slabs: the backends, whose claims from a pool defer
+	// its refill until their Ready is recorded (refillWait).
+	SlabInformer cache.SharedIndexInformer
+	Slabs        spawnerlisters.SessionLivedBackendLister
 	Recorder     record.EventRecorder
 	// BuildPod makes a warm pod of a pool for a template hash
 	// (reconciler.BuildWarmPod with the controller's sidecar and app
@@ -85,24 +90,57 @@ type Controller struct {
 type claimBurst struct{ first, last time.Time }
 
 // refillQuiet and refillMaxDefer: a pool refills once refillQuiet passed
-// without a claim, or refillMaxDefer after the first claim of a burst at the
-// latest. A claim is four API writes that a browser waits for; a refill is
-// pod starts nobody waits for, which on a 2-core node take the CPU from
-// everything else: in a burst of 100 claims against 100 warm pods on the
-// local cluster, the refill's starts (10 at a time, load average 30) took
-// the claims' writes to seconds each and the last claim to 24 s. A steady
-// stream of claims never defers a refill more than refillMaxDefer.
+// without a claim and no claim from it awaits its Ready record, or
+// refillMaxDefer after the first claim of a burst at the latest. A claim is
+// API writes that a browser waits for; a refill is pod starts nobody waits
+// for, which on a 2-core node take the CPU from everything else: in a burst
+// of 100 claims against 100 warm pods on the local cluster, the refill's
+// starts (10 at a time, load average 30) took the claims' writes to seconds
+// each and the last claim to 24 s. A steady stream of claims never defers a
+// refill more than refillMaxDefer.
+//
+// The quiet alone was not enough: under a burst this controller sees the
+// takes in clumps, more than 500 ms apart (answers at 0.36, 0.88, 1.57 s),
+// and the refill's first 10 pods started in the middle of the burst. An
+// api-server records a claim's Ready once it has no other claim in flight
+// (at most lifecycle.ClaimRecordWait/2 after the slab's create), so a pool
+// backend whose record is pending (lifecycle.ClaimRecordPending) says its
+// burst is not over; refillRecheck is how often that is looked at again.
 const (
 	refillQuiet    = 500 * time.Millisecond
 	refillMaxDefer = 5 * time.Second
+	refillRecheck  = 200 * time.Millisecond
 )
 
-// refillWait is how long a refill still waits for burst b at now (0: refill).
-func refillWait(b claimBurst, now time.Time) time.Duration {
+// refillWait is how long a refill still waits for burst b at now (0:
+// refill). recording: a claim from the pool awaits its Ready record.
+func refillWait(b claimBurst, recording bool, now time.Time) time.Duration {
 	if b.last.IsZero() {
 		return 0
 	}
-	return max(0, min(b.last.Add(refillQuiet).Sub(now), b.first.Add(refillMaxDefer).Sub(now)))
+	wait := b.last.Add(refillQuiet).Sub(now)
+	if recording {
+		wait = max(wait, refillRecheck)
+	}
+	return max(0, min(wait, b.first.Add(refillMaxDefer).Sub(now)))
+}
+
+// recording reports whether a backend claimed (or claiming) from pool name
+// in namespace awaits its claim's Ready record.
+func (c *Controller) recording(namespace, name string, now time.Time) bool {
+	if c.o.Slabs == nil {
+		return false
+	}
+	slabs, err := c.o.Slabs.SessionLivedBackends(namespace).List(labels.Everything())
+	if err != nil {
+		return false
+	}
+	for _, slab := range slabs {
+		if slab.Annotations[spawnerv1.AnnotationPool] == name && lifecycle.ClaimRecordPending(slab, now) {
+			return true
+		}
+	}
+	return false
 }
 
 // noteClaim records a claim: pod old, unclaimed, now controlled by a slab.
@@ -115,7 +153,7 @@ func (c *Controller) noteClaim(old, cur *corev1.Pod) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	b := c.claims[key]
-	if refillWait(b, now) == 0 {
+	if refillWait(b, false, now) == 0 {
 		b.first = now
 	}
 	b.last = now
@@ -124,9 +162,21 @@ func (c *Controller) noteClaim(old, cur *corev1.Pod) {
 
 // refillDelay is how long pool key's refill still waits for its claims.
 func (c *Controller) refillDelay(key string) time.Duration {
+	namespace, name, _ := cache.SplitMetaNamespaceKey(key)
+	now := c.o.Now()
+	recording := c.recording(namespace, name, now)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	d := refillWait(c.claims[key], c.o.Now())
+	b := c.claims[key]
+	if recording && b.last.IsZero() {
+		// A claim whose take this controller has not noted yet: the pod
+		// event that enqueued this sync reaches noteClaim through another
+		// handler, which may run after it (a refill of 10 pods started in
+		// the middle of a burst that way).
+		b = claimBurst{first: now, last: now}
+		c.claims[key] = b
+	}
+	d := refillWait(b, recording, now)
 	if d == 0 {
 		delete(c.claims, key)
 	}
@@ -148,6 +198,9 @@ func New(o Options) (*Controller, error) {
 		creates: map[string]map[string]time.Time{},
 		deletes: map[types.UID]time.Time{},
 		claims:  map[string]claimBurst{},
+	}
+	if o.SlabInformer != nil {
+		c.synced = append(c.synced, o.SlabInformer.HasSynced)
 	}
 	c.queue = workloop.New("pools", c.sync, o.Logger)
 	if _, err := o.PoolInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -379,9 +432,12 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 		createErr error
 		deferred  time.Duration
 	)
+	if current < want {
+		deferred = c.refillDelay(key)
+	}
 	switch {
-	case current < want && c.refillDelay(key) > 0:
-		deferred = c.refillDelay(key) // claims are under way: they go first
+	case deferred > 0:
+		// claims are under way: they go first
 	case current < want:
 		created, err := c.createPods(ctx, key, pool, hash, toCreate(want, current, len(n.starting)+n.pendingCreates, c.maxStarting(), createBatch))
 		current += created

@@ -23,10 +23,12 @@ const poolWorkers = 2
 func newPoolController(sp versioned.Interface, kube kubernetes.Interface, spawnerFactory externalversions.SharedInformerFactory,
 	pods coreinformers.PodInformer, recorder record.EventRecorder, log *slog.Logger, opts Options) (*pool.Controller, error) {
 	pools := spawnerFactory.Spawner().V1().BackendPools()
+	slabs := spawnerFactory.Spawner().V1().SessionLivedBackends()
 	return pool.New(pool.Options{
 		Kube: kube, Spawner: sp,
 		PoolInformer: pools.Informer(), Pools: pools.Lister(),
 		PodInformer: pods.Informer(), Pods: pods.Lister(),
+		SlabInformer: slabs.Informer(), Slabs: slabs.Lister(),
 		Recorder: recorder, Logger: log, MaxStarting: opts.PoolMaxStarting,
 		BuildPod: func(p *spawnerv1.BackendPool, hash string) *corev1.Pod {
 			return BuildWarmPod(p, hash, opts.Sidecar, opts.AppResources)
