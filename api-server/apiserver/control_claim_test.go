@@ -1115,3 +1115,93 @@ func TestAClaimsReadyRecordWaitsForTheClaimsInFlight(t *testing.T) {
 		t.Errorf("with a claim in flight throughout, recorded Ready after %v (recorded: %v), want about %v", d, ready(got.Name) != nil, recordDeferMax)
 	}
 }
+
+// TestAClaimsReadyRecordWaitsForTheReadyURLsOfClaims: the ready URL of a
+// pool backend not recorded Ready yet is part of its claim's burst, as the
+// spawn is: a replica writes its claims' Ready records only once neither
+// has been in flight for recordQuiet. Before, the records went out as soon
+// as the spawns were answered, while the ready URLs that follow them (a
+// burst's clients, on either replica) still waited for the API server.
+func TestAClaimsReadyRecordWaitsForTheReadyURLsOfClaims(t *testing.T) {
+	e := newTestEnv(t, "")
+	e.addPool("rooms", nil, 1)
+	var records atomic.Int64
+	e.slabs.PrependReactor("update", "sessionlivedbackends", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetSubresource() == "status" {
+			records.Add(1)
+		}
+		return false, nil, nil
+	})
+	code, got, raw := e.spawnPool(`{"pool":"rooms"}`)
+	if code != 201 || got.Warm == nil || !*got.Warm {
+		t.Fatalf("spawn: %d %s, want a warm claim", code, raw)
+	}
+	u, err := url.Parse(got.ReadyURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A client polling the ready URL more often than recordQuiet keeps the
+	// replica's claims in flight.
+	var ended time.Time
+	for until := time.Now().Add(3 * recordQuiet); ; time.Sleep(recordQuiet / 5) {
+		resp := e.do("GET", u.RequestURI(), "")
+		readBody(t, resp)
+		ended = time.Now()
+		if resp.StatusCode != http.StatusFound {
+			t.Fatalf("ready URL answered %d, want 302", resp.StatusCode)
+		}
+		if ended.After(until) {
+			break
+		}
+	}
+	if n := records.Load(); n != 0 {
+		t.Errorf("%d Ready record(s) written while the claim's ready URL was polled, want none yet", n)
+	}
+	e.eventually(func() bool { return records.Load() > 0 })
+	if d := time.Since(ended); d < recordQuiet-50*time.Millisecond || d > recordQuiet+time.Second {
+		t.Errorf("recorded %v after the last ready URL, want about %v", d, recordQuiet)
+	}
+}
+
+// TestClaimsInFlightIgnoreAShortLull: a lull shorter than the quiet wanted
+// does not end the wait, and the wait ends that long after the last claim.
+func TestClaimsInFlightIgnoreAShortLull(t *testing.T) {
+	c := &claimsInFlight{lull: 100 * time.Millisecond}
+	select {
+	case <-c.quiet():
+	default:
+		t.Fatal("no claim ever started, and quiet is not closed")
+	}
+	c.start()
+	q := c.quiet()
+	c.end()
+	time.Sleep(30 * time.Millisecond)
+	c.start() // within the lull: the same wait
+	if c.quiet() != q {
+		t.Error("a claim 30 ms into a 100 ms lull started a new wait")
+	}
+	time.Sleep(150 * time.Millisecond)
+	select {
+	case <-q:
+		t.Fatal("quiet closed while a claim is in flight")
+	default:
+	}
+	c.end()
+	ended := time.Now()
+	<-q
+	if d := time.Since(ended); d < 90*time.Millisecond {
+		t.Errorf("quiet closed %v after the last claim ended, want 100 ms", d)
+	}
+	select {
+	case <-c.quiet():
+	default:
+		t.Error("quiet is not closed once the lull is over")
+	}
+	c.start()
+	select {
+	case <-c.quiet():
+		t.Error("a claim started after the quiet, and quiet is still closed")
+	default:
+	}
+	c.end()
+}

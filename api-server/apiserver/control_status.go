@@ -210,6 +210,10 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	name := slab.Name
 	done := false
 	if lifecycle.Phase(slab) != lifecycle.Ready && live(slab) && slab.Annotations[spawnerv1.AnnotationPool] != "" {
+		// Part of a claim's burst, as its spawn is: the Ready records
+		// of this replica's claims wait for it (recordClaimedAfter).
+		s.claims.start()
+		defer s.claims.end()
 		slab, done = s.awaitClaim(r.Context(), slab)
 	}
 	st := currentStatus(slab)

@@ -162,12 +162,14 @@ func RecordClaimed(status *spawnerv1.SessionLivedBackendStatus, message string, 
 
 // ClaimRecordWait is how long after a pool backend's creation its warm
 // claim may still record Ready (RecordClaimed, written by the api-server
-// that claimed right after it answered): the claim's status write follows
-// its bind by milliseconds, and the controller closes a claim stalled this
-// long. Until then the sweeper does not record that backend's Ready and
-// the controller does not write its status unless it fails, so neither
-// races the claim's write (docs/pools.md).
-const ClaimRecordWait = 5 * time.Second
+// that claimed once its claims are quiet, at most half this after the
+// slab's create, so that a burst's records do not compete with its claims;
+// a claim on its own is recorded a moment after its answer). Until then the
+// sweeper does not record that backend's Ready and the controller does not
+// write its status unless it fails, so neither races the claim's write
+// (docs/pools.md). It was 5 s; a burst of 100 claims lasted 3–4 s on the
+// local cluster, longer than the 2.5 s its records could wait.
+const ClaimRecordWait = 10 * time.Second
 
 // ClaimRecordPending reports whether slab is a pool backend, claiming or
 // bound to a warm pod (not a cold pod of its own), not Ready yet and
